@@ -55,8 +55,7 @@ class EncodingParams:
             raise ValueError(f"clustering must be 'local' or 'global', got {self.clustering!r}")
         if self.n_clusters not in (2, 3):
             raise ValueError(f"n_clusters must be 2 or 3, got {self.n_clusters}")
-        for name in ("point_radius_um", "repel_alpha_per_um", "repel_radius_um",
-                     "distance_cap_um"):
+        for name in ("point_radius_um", "repel_alpha_per_um", "repel_radius_um", "distance_cap_um"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 
@@ -98,30 +97,63 @@ def nearest_points(points_xy: np.ndarray, shape: tuple[int, int]) -> NearestPoin
     rr, cc = np.mgrid[0:rows, 0:cols]
     grid = np.stack([cc.ravel(), rr.ravel()], axis=1).astype(np.float64)
     k = min(2, n)
-    dist, idx = cKDTree(points_xy).query(grid, k=2, workers=-1) if k == 2 else (
-        cKDTree(points_xy).query(grid, k=1, workers=-1))
+    dist, idx = (
+        cKDTree(points_xy).query(grid, k=2, workers=-1)
+        if k == 2
+        else (cKDTree(points_xy).query(grid, k=1, workers=-1))
+    )
     dist = dist.reshape(rows * cols, -1)
     idx = idx.reshape(rows * cols, -1).astype(np.int64)
     if k == 1:
         dist = np.concatenate([dist, np.full_like(dist, np.inf)], axis=1)
         idx = np.concatenate([idx, np.full_like(idx, -1)], axis=1)
-    return NearestPoints(dist[:, 0].reshape(shape), dist[:, 1].reshape(shape),
-                         idx[:, 0].reshape(shape), idx[:, 1].reshape(shape))
+    return NearestPoints(
+        dist[:, 0].reshape(shape),
+        dist[:, 1].reshape(shape),
+        idx[:, 0].reshape(shape),
+        idx[:, 1].reshape(shape),
+    )
 
 
 def voronoi_edges(points_xy: np.ndarray, near: NearestPoints) -> np.ndarray:
-    """Pixels whose centre lies within half a pixel of the bisector of their two nearest points.
+    """Voronoi partition lines, one pixel wide, that block 4-connectivity between cells.
 
-    The Euclidean distance from pixel p to the bisector of points a and b is
-    ``(|p-b|^2 - |p-a|^2) / (2 |a-b|)``, so the lines are one pixel wide whatever their angle and
-    block 4-connectivity between neighbouring cells.
+    A pixel is on a line when its centre lies within half a pixel of the bisector of its two
+    nearest points: the distance from p to the bisector of a and b is
+    ``(|p-b|^2 - |p-a|^2) / (2 |a-b|)``. Near Voronoi vertices two 4-neighbours can belong to
+    different cells while neither is that close to *its* bisector; of such a pair, the pixel
+    nearer the bisector of the two cells' points is added to the line.
     """
     if len(points_xy) < 2:
         return np.zeros(near.d1.shape, dtype=bool)
     separation = np.linalg.norm(points_xy[near.i1] - points_xy[near.i2], axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         to_bisector = (near.d2**2 - near.d1**2) / (2.0 * separation)
-    return np.nan_to_num(to_bisector, nan=0.0) <= 0.5
+    edges = np.nan_to_num(to_bisector, nan=0.0) <= 0.5
+    for axis in (0, 1):
+        _close_gaps(edges, near.i1, points_xy, axis=axis)
+    return edges
+
+
+def _close_gaps(edges: np.ndarray, owner: np.ndarray, points_xy: np.ndarray, *, axis: int) -> None:
+    """Mark one pixel of every pair of neighbours (along ``axis``) that joins two cells."""
+    first = [slice(None), slice(None)]
+    second = [slice(None), slice(None)]
+    first[axis], second[axis] = slice(None, -1), slice(1, None)
+    first_t, second_t = tuple(first), tuple(second)
+    leak = (owner[first_t] != owner[second_t]) & ~edges[first_t] & ~edges[second_t]
+    if not leak.any():
+        return
+    rows, cols = np.nonzero(leak)
+    step = np.array([1, 0]) if axis == 0 else np.array([0, 1])
+    p_rc = np.stack([rows, cols], axis=1)
+    q_rc = p_rc + step
+    a = points_xy[owner[rows, cols]][:, ::-1]
+    b = points_xy[owner[q_rc[:, 0], q_rc[:, 1]]][:, ::-1]
+    p_gap = ((p_rc - b) ** 2).sum(1) - ((p_rc - a) ** 2).sum(1)
+    q_gap = ((q_rc - a) ** 2).sum(1) - ((q_rc - b) ** 2).sum(1)
+    pick = np.where((p_gap <= q_gap)[:, None], p_rc, q_rc)
+    edges[pick[:, 0], pick[:, 1]] = True
 
 
 def point_disks(points_xy: np.ndarray, near: NearestPoints, *, radius_px: float) -> np.ndarray:
@@ -223,8 +255,9 @@ def grouped_kmeans(
         assign = new_assign
         if changed <= tolerance * len(sample):
             break
-        centres = _group_means(fit_features, fit_groups * k + assign, n_groups * k,
-                               fallback=centres)
+        centres = _group_means(
+            fit_features, fit_groups * k + assign, n_groups * k, fallback=centres
+        )
     return _nearest_centre(features, centres.reshape(n_groups, k, -1), groups)
 
 
@@ -241,11 +274,17 @@ def _nearest_centre(features: np.ndarray, centres: np.ndarray, groups: np.ndarra
     return assign
 
 
-def _group_means(features: np.ndarray, index: np.ndarray, size: int,
-                 fallback: np.ndarray | None) -> np.ndarray:
+def _group_means(
+    features: np.ndarray, index: np.ndarray, size: int, fallback: np.ndarray | None
+) -> np.ndarray:
     counts = np.bincount(index, minlength=size).astype(np.float64)
-    sums = np.stack([np.bincount(index, weights=features[:, j], minlength=size)
-                     for j in range(features.shape[1])], axis=1)
+    sums = np.stack(
+        [
+            np.bincount(index, weights=features[:, j], minlength=size)
+            for j in range(features.shape[1])
+        ],
+        axis=1,
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         means = sums / counts[:, None]
     empty = counts == 0
@@ -253,8 +292,14 @@ def _group_means(features: np.ndarray, index: np.ndarray, size: int,
     return means.astype(np.float32)
 
 
-def _cluster_roles(assign: np.ndarray, groups: np.ndarray, n_groups: int, k: int,
-                   disks: np.ndarray, distance: np.ndarray) -> np.ndarray:
+def _cluster_roles(
+    assign: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    k: int,
+    disks: np.ndarray,
+    distance: np.ndarray,
+) -> np.ndarray:
     """Map k-means clusters to BACKGROUND / NUCLEUS / IGNORE per group.
 
     Nucleus: the cluster holding most point-disk pixels. Background: of the others, the one
@@ -316,12 +361,20 @@ def cluster_label(
         groups = np.zeros(len(features), dtype=np.int64)
         roles = _cluster_roles(assign, groups, 1, k, disks, features[:, -1]).reshape(shape)
     edges = voronoi_edges(points_xy, near)
-    return _clean_nuclei(roles, edges, disks.reshape(shape),
-                         max_hole_px=params.max_hole_um2 / mpp**2)
+    return _clean_nuclei(
+        roles, edges, disks.reshape(shape), max_hole_px=params.max_hole_um2 / mpp**2
+    )
 
 
-def _local_roles(features: np.ndarray, near: NearestPoints, disks: np.ndarray, *, k: int,
-                 mpp: float, params: EncodingParams) -> np.ndarray:
+def _local_roles(
+    features: np.ndarray,
+    near: NearestPoints,
+    disks: np.ndarray,
+    *,
+    k: int,
+    mpp: float,
+    params: EncodingParams,
+) -> np.ndarray:
     """Roles from k-means inside each Voronoi cell, restricted to ``cell_radius_um``."""
     roles = np.full(len(features), BACKGROUND, dtype=np.uint8)
     near_d1 = near.d1.reshape(-1)
@@ -329,14 +382,16 @@ def _local_roles(features: np.ndarray, near: NearestPoints, disks: np.ndarray, *
     groups = near.i1.reshape(-1)[local]
     n_groups = int(near.i1.max()) + 1
     sub = features[local]
-    assign = grouped_kmeans(sub, groups, n_groups, k=k, init_order=near_d1[local],
-                            iterations=params.kmeans_iterations)
+    assign = grouped_kmeans(
+        sub, groups, n_groups, k=k, init_order=near_d1[local], iterations=params.kmeans_iterations
+    )
     roles[local] = _cluster_roles(assign, groups, n_groups, k, disks[local], sub[:, -1])
     return roles
 
 
-def _global_kmeans(features: np.ndarray, *, k: int, seed: int,
-                   max_samples: int = 200_000) -> np.ndarray:
+def _global_kmeans(
+    features: np.ndarray, *, k: int, seed: int, max_samples: int = 200_000
+) -> np.ndarray:
     """One k-means over the whole image (Qu et al.), fitted on a seeded subsample for speed."""
     rng = np.random.default_rng(seed)
     sample = features
@@ -346,8 +401,9 @@ def _global_kmeans(features: np.ndarray, *, k: int, seed: int,
     return model.predict(features)
 
 
-def _clean_nuclei(roles: np.ndarray, edges: np.ndarray, disks: np.ndarray,
-                  *, max_hole_px: float) -> np.ndarray:
+def _clean_nuclei(
+    roles: np.ndarray, edges: np.ndarray, disks: np.ndarray, *, max_hole_px: float
+) -> np.ndarray:
     nucleus = (roles == NUCLEUS) & ~edges
     components, _ = ndimage.label(nucleus)
     touching = np.zeros(components.max() + 1, dtype=bool)

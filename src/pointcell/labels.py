@@ -9,7 +9,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pointcell.encodings import IGNORE, NUCLEUS, EncodingParams, encode
-from pointcell.io.images import read_image, resolve_mpp, write_float_tiff, write_label_png, write_rgb_png
+from pointcell.io.images import (
+    read_image,
+    resolve_mpp,
+    write_float_tiff,
+    write_label_png,
+    write_rgb_png,
+)
 from pointcell.io.pairing import pair_images_with_points
 from pointcell.io.points import read_points
 from pointcell.overlay import encodings_overlay
@@ -54,11 +60,16 @@ def write_labels(
         write_label_png(out / "voronoi" / f"{pair.stem}.png", enc.voronoi)
         write_label_png(out / "cluster" / f"{pair.stem}.png", enc.cluster)
         write_float_tiff(out / "repel" / f"{pair.stem}.tif", enc.filtered_repel)
-        write_rgb_png(out / "overlay" / f"{pair.stem}.png",
-                      encodings_overlay(image.pixels, pts.xy, enc))
-        summaries.append(LabelSummary(
-            stem=pair.stem, n_points=len(pts), mpp=pixel_size,
-            nucleus_fraction=float((enc.cluster == NUCLEUS).mean()),
-            ignore_fraction=float((enc.cluster == IGNORE).mean()),
-        ))
+        write_rgb_png(
+            out / "overlay" / f"{pair.stem}.png", encodings_overlay(image.pixels, pts.xy, enc)
+        )
+        summaries.append(
+            LabelSummary(
+                stem=pair.stem,
+                n_points=len(pts),
+                mpp=pixel_size,
+                nucleus_fraction=float((enc.cluster == NUCLEUS).mean()),
+                ignore_fraction=float((enc.cluster == IGNORE).mean()),
+            )
+        )
     return summaries

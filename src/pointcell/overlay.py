@@ -41,8 +41,13 @@ def encodings_overlay(image: np.ndarray, points_xy: np.ndarray, enc: Encodings) 
     return out
 
 
-def draw_points(canvas: np.ndarray, points_xy: np.ndarray, *, radius: float,
-                colour: tuple[int, int, int] = POINT_COLOUR) -> None:
+def draw_points(
+    canvas: np.ndarray,
+    points_xy: np.ndarray,
+    *,
+    radius: float,
+    colour: tuple[int, int, int] = POINT_COLOUR,
+) -> None:
     """Draw filled dots with a white rim at (x, y) positions onto an RGB uint8 canvas."""
     for x, y in np.asarray(points_xy).reshape(-1, 2):
         rr, cc = disk((y, x), radius + 1, shape=canvas.shape[:2])

@@ -18,8 +18,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}",
-                                    dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

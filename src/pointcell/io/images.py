@@ -19,6 +19,15 @@ from pointcell.io.atomic import atomic_output
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _TIFF_SUFFIXES = (".tif", ".tiff")
+# what decoders raise on truncated or corrupt files
+_DECODE_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    ValueError,
+    IndexError,
+    KeyError,
+    tifffile.TiffFileError,
+)
 _MPP_IN_DESCRIPTION = re.compile(r"(?:MPP\s*=\s*|PhysicalSizeX=\")([0-9.eE+-]+)")
 
 
@@ -47,7 +56,8 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
         raise PointcellInputError(f"{path}: image file not found")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise PointcellInputError(
-            f"{path}: unsupported image type {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}"
+            f"{path}: unsupported image type {path.suffix!r}; "
+            f"use one of {', '.join(IMAGE_SUFFIXES)}"
         )
     try:
         if path.suffix.lower() in _TIFF_SUFFIXES:
@@ -57,7 +67,7 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
                 img.load()
                 raw = np.asarray(img.convert("RGBA") if img.mode in ("P", "LA", "PA") else img)
             mpp = None
-    except (OSError, UnidentifiedImageError, ValueError, tifffile.TiffFileError) as exc:
+    except _DECODE_ERRORS as exc:
         raise PointcellInputError(f"{path}: cannot read image ({exc})") from exc
     return LoadedImage(pixels=to_rgb8(raw, source=path), mpp=mpp, path=path)
 
@@ -94,8 +104,9 @@ def to_rgb8(raw: np.ndarray, *, source: str | os.PathLike[str] = "<array>") -> n
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
-        raise PointcellInputError(f"{source}: expected a 2-D grayscale or RGB(A) image, "
-                                  f"got array of shape {arr.shape}")
+        raise PointcellInputError(
+            f"{source}: expected a 2-D grayscale or RGB(A) image, got array of shape {arr.shape}"
+        )
     arr = _scale_to_unit(arr, source)
     if arr.shape[-1] in (2, 4):  # composite alpha onto white
         alpha = arr[..., -1:]
@@ -130,12 +141,13 @@ def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
         else:
             with Image.open(path) as img:
                 labels = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError, tifffile.TiffFileError) as exc:
+    except _DECODE_ERRORS as exc:
         raise PointcellInputError(f"{path}: cannot read label image ({exc})") from exc
     labels = np.squeeze(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise PointcellInputError(
-            f"{path}: a label image must be 2-D integers, got {labels.dtype} of shape {labels.shape}"
+            f"{path}: a label image must be 2-D integers, "
+            f"got {labels.dtype} of shape {labels.shape}"
         )
     return labels
 

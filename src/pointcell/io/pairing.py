@@ -28,8 +28,11 @@ def _files(location: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
         return [location]
     if not location.is_dir():
         raise PointcellInputError(f"{location}: {what} path does not exist")
-    return sorted(p for p in location.iterdir()
-                  if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in location.iterdir()
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+    )
 
 
 def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
@@ -58,9 +61,15 @@ def pair_images_with_points(
     images, points = Path(images), Path(points)
     image_files = _by_stem(_files(images, IMAGE_SUFFIXES, "images"), "image")
     point_suffixes = POINT_SUFFIXES + MASK_SUFFIXES
-    point_files = [p for p in _files(points, point_suffixes, "points")
-                   if not (images.is_dir() and p.parent.resolve() == images.resolve()
-                           and p.suffix.lower() in MASK_SUFFIXES)]
+    point_files = [
+        p
+        for p in _files(points, point_suffixes, "points")
+        if not (
+            images.is_dir()
+            and p.parent.resolve() == images.resolve()
+            and p.suffix.lower() in MASK_SUFFIXES
+        )
+    ]
     if points.is_file() and images.is_file():
         return [ImagePointsPair(images, points)]
     point_by_stem = _by_stem(point_files, "points")
@@ -76,7 +85,10 @@ def pair_images_with_points(
         )
     unlabelled = sorted(set(image_files) - set(point_by_stem))
     if unlabelled and points.is_dir():
-        warnings.warn(f"{len(unlabelled)} image(s) without a points file skipped: "
-                      f"{', '.join(unlabelled[:5])}{' ...' if len(unlabelled) > 5 else ''}",
-                      PointcellWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(unlabelled)} image(s) without a points file skipped: "
+            f"{', '.join(unlabelled[:5])}{' ...' if len(unlabelled) > 5 else ''}",
+            PointcellWarning,
+            stacklevel=2,
+        )
     return [ImagePointsPair(image_files[s], point_by_stem[s]) for s in sorted(point_by_stem)]

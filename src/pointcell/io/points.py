@@ -165,9 +165,7 @@ def _feature_centres(feature: object, path: Path, index: int) -> list[tuple[floa
             centroid = shapely.geometry.shape(geometry).centroid
             centres = [(centroid.x, centroid.y)]
         else:
-            raise PointcellInputError(
-                f"{where}: geometry type {kind!r} is not a point or polygon"
-            )
+            raise PointcellInputError(f"{where}: geometry type {kind!r} is not a point or polygon")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise PointcellInputError(f"{where}: malformed {kind} coordinates ({exc})") from exc
     if not all(math.isfinite(v) for c in centres for v in c):
@@ -200,9 +198,7 @@ def _read_aperio_xml(path: Path) -> Points:
 def _region_centroid(region: ET.Element, path: Path) -> tuple[float, float]:
     where = f"{path}, Region Id={region.get('Id')!r}"
     try:
-        vertices = np.array(
-            [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
-        )
+        vertices = np.array([(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")])
     except (TypeError, ValueError) as exc:
         raise PointcellInputError(f"{where}: vertex without numeric X/Y ({exc})") from exc
     if len(vertices) == 0:
@@ -237,8 +233,12 @@ def _check_inside(points: Points, shape: tuple[int, int], *, clip: bool, source:
     if not outside.any():
         return points
     if clip:
-        warnings.warn(f"{source}: dropped {int(outside.sum())} point(s) outside the "
-                      f"{cols}x{rows} image (--clip)", PointcellWarning, stacklevel=3)
+        warnings.warn(
+            f"{source}: dropped {int(outside.sum())} point(s) outside the "
+            f"{cols}x{rows} image (--clip)",
+            PointcellWarning,
+            stacklevel=3,
+        )
         return _subset(points, ~outside)
     bad = np.flatnonzero(outside)
     listed = ", ".join(f"#{i} (x={x[i]:g}, y={y[i]:g})" for i in bad[:5])
@@ -250,11 +250,15 @@ def _check_inside(points: Points, shape: tuple[int, int], *, clip: bool, source:
 
 
 def _subset(points: Points, keep: np.ndarray) -> Points:
-    return Points(points.xy[keep], tuple(c for c, k in zip(points.classes, keep) if k))
+    return Points(points.xy[keep], tuple(c for c, k in zip(points.classes, keep, strict=True) if k))
 
 
-def merge_duplicates(points: Points, *, radius: float = DUPLICATE_RADIUS_PX,
-                     source: str | os.PathLike[str] = "<points>") -> Points:
+def merge_duplicates(
+    points: Points,
+    *,
+    radius: float = DUPLICATE_RADIUS_PX,
+    source: str | os.PathLike[str] = "<points>",
+) -> Points:
     """Merge points closer than ``radius`` pixels (double clicks) into their mean position.
 
     Each merged group keeps the class of its first point. A warning says how many were merged.
@@ -268,12 +272,17 @@ def merge_duplicates(points: Points, *, radius: float = DUPLICATE_RADIUS_PX,
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     n_groups, group = connected_components(graph, directed=False)
     counts = np.bincount(group, minlength=n_groups)
-    xy = np.stack([np.bincount(group, weights=points.xy[:, k], minlength=n_groups) / counts
-                   for k in (0, 1)], axis=1)
+    xy = np.stack(
+        [np.bincount(group, weights=points.xy[:, k], minlength=n_groups) / counts for k in (0, 1)],
+        axis=1,
+    )
     first = np.full(n_groups, n)
     np.minimum.at(first, group, np.arange(n))
-    warnings.warn(f"{source}: merged {n - n_groups} duplicate point(s) closer than "
-                  f"{radius:g} px", PointcellWarning, stacklevel=3)
+    warnings.warn(
+        f"{source}: merged {n - n_groups} duplicate point(s) closer than {radius:g} px",
+        PointcellWarning,
+        stacklevel=3,
+    )
     return Points(xy, tuple(points.classes[i] for i in first))
 
 
@@ -283,7 +292,7 @@ def write_points_csv(path: str | os.PathLike[str], points: Points) -> None:
     with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["x", "y", "class"] if with_class else ["x", "y"])
-        for (x, y), name in zip(points.xy, points.classes):
+        for (x, y), name in zip(points.xy, points.classes, strict=True):
             row = [f"{x:.2f}", f"{y:.2f}"]
             writer.writerow(row + [name or ""] if with_class else row)
 
@@ -311,12 +320,17 @@ def write_points_geojson(path: str | os.PathLike[str], points: Points) -> None:
         properties: dict[str, object] = {"objectType": "annotation", "isLocked": False}
         if name is not None:
             properties["classification"] = {"name": name, "color": class_colour(name)}
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "MultiPoint",
-                         "coordinates": [[round(x, 3), round(y, 3)] for x, y in points.xy[mask]]},
-            "properties": properties,
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "MultiPoint",
+                    "coordinates": [[round(x, 3), round(y, 3)] for x, y in points.xy[mask]],
+                },
+                "properties": properties,
+            }
+        )
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}),
-                       encoding="utf-8")
+        tmp.write_text(
+            json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8"
+        )

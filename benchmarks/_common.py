@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmark scripts: where the data is, and how results are recorded."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def monuseg_dir() -> Path:
+    path = Path(os.environ.get("POINTCELL_MONUSEG", SHARED / "monuseg"))
+    if not (path / "images").is_dir():
+        raise SystemExit(f"MoNuSeg data not found at {path}; set POINTCELL_MONUSEG")
+    return path
+
+
+def provenance() -> str:
+    """Commit, machine and date, for the header of a results file."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"commit `{commit}`, {os.cpu_count()} CPU cores ({cpu}), Python "
+        f"{platform.python_version()}, {datetime.date.today().isoformat()}"
+    )
+
+
+def write_result(name: str, text: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(text, encoding="utf-8")
+    print(f"results written to {path}")
+    return path

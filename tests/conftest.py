@@ -1,0 +1,54 @@
+"""Shared fixtures: synthetic nuclei with known centres, and the bundled real sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pointcell.sample import sample_dir
+
+SHARED_MONUSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg"
+BACKGROUND_RGB = (235, 200, 225)
+NUCLEUS_RGB = (90, 50, 140)
+
+
+@dataclass(frozen=True)
+class SyntheticTile:
+    image: np.ndarray  # (H, W, 3) uint8
+    centres_xy: np.ndarray  # (N, 2)
+    truth: np.ndarray  # (H, W) instance labels of the disks
+    radius: float
+    mpp: float
+
+
+def make_disks(centres_xy, *, shape=(96, 96), radius=6.0, mpp=0.25, noise=4.0, seed=0):
+    """Dark disks of ``radius`` px on a light background, with mild Gaussian noise."""
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    truth = np.zeros(shape, dtype=np.int32)
+    centres = np.asarray(centres_xy, dtype=float).reshape(-1, 2)
+    for label, (x, y) in enumerate(centres, start=1):
+        truth[(cols - x) ** 2 + (rows - y) ** 2 <= radius**2] = label
+    image = np.where(truth[..., None] > 0, NUCLEUS_RGB, BACKGROUND_RGB).astype(float)
+    image += np.random.default_rng(seed).normal(0, noise, image.shape)
+    return SyntheticTile(np.clip(image, 0, 255).astype(np.uint8), centres, truth, radius, mpp)
+
+
+@pytest.fixture
+def disks() -> SyntheticTile:
+    centres = [(20, 20), (60, 24), (30, 70), (75, 72), (48, 48)]
+    return make_disks(centres)
+
+
+@pytest.fixture
+def sample() -> Path:
+    return sample_dir()
+
+
+@pytest.fixture
+def shared_monuseg() -> Path:
+    if not (SHARED_MONUSEG / "images").is_dir():
+        pytest.skip("../shared/data/monuseg is not available")
+    return SHARED_MONUSEG

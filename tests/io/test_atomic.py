@@ -1,0 +1,21 @@
+import pytest
+
+from pointcell.io.atomic import atomic_output
+
+
+def test_file_appears_only_on_success(tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    with atomic_output(target) as tmp:
+        tmp.write_text("done")
+        assert not target.exists()
+    assert target.read_text() == "done"
+
+
+def test_failure_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash while writing")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

@@ -1,0 +1,90 @@
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from pointcell.cli import main
+
+
+def test_labels_command(sample, tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "labels",
+            "--images",
+            str(sample / "images"),
+            "--points",
+            str(sample / "points"),
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote label maps of 2 image(s)" in result.output
+    assert len(list((tmp_path / "overlay").glob("*.png"))) == 2
+
+
+def test_png_without_pixel_size_needs_mpp(tmp_path):
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "a.csv").write_text("x,y\n10,10\n")
+    args = [
+        "labels",
+        "--images",
+        str(tmp_path / "a.png"),
+        "--points",
+        str(tmp_path / "a.csv"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "a.png: the file does not record its pixel size; pass --mpp" in result.output
+    assert "Traceback" not in result.output
+    assert CliRunner().invoke(main, [*args, "--mpp", "0.5"]).exit_code == 0
+
+
+def test_bad_points_give_one_clear_line(tmp_path):
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "a.csv").write_text("x,y\n10,oops\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "labels",
+            "--images",
+            str(tmp_path / "a.png"),
+            "--points",
+            str(tmp_path / "a.csv"),
+            "--mpp",
+            "0.5",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "a.csv, line 2: column 'y' is 'oops', not a number" in result.output
+    assert not (tmp_path / "out" / "voronoi").exists()
+
+
+def test_clip_option_drops_outside_points(tmp_path):
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "a.csv").write_text("x,y\n10,10\n50,10\n")
+    args = [
+        "labels",
+        "--images",
+        str(tmp_path / "a.png"),
+        "--points",
+        str(tmp_path / "a.csv"),
+        "--mpp",
+        "0.5",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert "outside the 32x32 image" in CliRunner().invoke(main, args).output
+    result = CliRunner().invoke(main, [*args, "--clip"])
+    assert result.exit_code == 0
+    assert "a: 1 points" in result.output
+
+
+def test_demo_writes_overlays(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "labels" / "overlay").glob("*.png"))) == 2

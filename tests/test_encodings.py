@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pointcell.encodings import (
+    BACKGROUND,
+    IGNORE,
+    NUCLEUS,
+    EncodingParams,
+    cluster_label,
+    encode,
+    grouped_kmeans,
+    nearest_points,
+    repel_code,
+    voronoi_label,
+)
+
+
+def test_voronoi_line_lies_exactly_between_two_points():
+    label = voronoi_label(np.array([[10.0, 20.0], [30.0, 20.0]]), (40, 41), mpp=0.5)
+    edge_cols = np.unique(np.nonzero(label == BACKGROUND)[1])
+    assert edge_cols.tolist() == [20]
+    assert (label[:, 20] == BACKGROUND).all()
+
+
+def test_voronoi_line_between_pixels_marks_both_neighbours():
+    label = voronoi_label(np.array([[10.0, 5.0], [31.0, 5.0]]), (11, 41), mpp=0.5)
+    assert np.unique(np.nonzero(label == BACKGROUND)[1]).tolist() == [20, 21]
+
+
+def test_voronoi_point_disks_and_ignore_elsewhere():
+    # mpp 0.25 and radius 0.5 µm -> disk of radius 2 px around each point (Qu et al.)
+    label = voronoi_label(np.array([[10.0, 20.0], [30.0, 20.0]]), (40, 41), mpp=0.25)
+    rows, cols = np.nonzero(label == NUCLEUS)
+    assert len(rows) == 2 * 13  # a radius-2 digital disk has 13 pixels
+    assert set(np.unique(label)) == {BACKGROUND, NUCLEUS, IGNORE}
+    assert label[5, 5] == IGNORE
+
+
+def test_voronoi_lines_separate_every_cell_under_4_connectivity():
+    rng = np.random.default_rng(1)
+    points = rng.uniform(0, 120, size=(40, 2))
+    label = voronoi_label(points, (120, 120), mpp=0.5)
+    components, _ = ndimage.label(label != BACKGROUND)
+    owners = components[np.rint(points[:, 1]).astype(int), np.rint(points[:, 0]).astype(int)]
+    assert (owners > 0).all()
+    assert len(np.unique(owners)) == len(points)  # no two points share a component
+
+
+def test_voronoi_with_zero_and_one_point():
+    assert (voronoi_label(np.empty((0, 2)), (8, 8), mpp=0.5) == IGNORE).all()
+    one = voronoi_label(np.array([[4.0, 4.0]]), (8, 8), mpp=0.5)
+    assert not (one == BACKGROUND).any()
+    assert one[4, 4] == NUCLEUS
+
+
+def test_repel_is_one_at_a_point_and_matches_the_formula():
+    points = np.array([[20.0, 50.0], [28.0, 50.0], [70.0, 50.0]])
+    params = EncodingParams(repel_alpha_per_um=0.1, repel_radius_um=35.0)
+    code = repel_code(points, (100, 100), mpp=0.5, params=params)
+    assert code[50, 20] == pytest.approx(1.0)
+    # 3 px below the first point: d1 = 3, d2 = sqrt(8^2 + 3^2), D = d1 (1 + d1/d2) px
+    d1, d2 = 3.0, np.hypot(8.0, 3.0)
+    expected = 1.0 / (1.0 + 0.1 * d1 * (1 + d1 / d2) * 0.5)
+    assert code[53, 20] == pytest.approx(expected, rel=1e-6)
+
+
+def test_repel_decays_faster_for_the_point_with_a_closer_neighbour():
+    points = np.array([[20.0, 50.0], [28.0, 50.0], [70.0, 50.0]])
+    code = repel_code(points, (100, 100), mpp=0.5)
+    crowded = code[53, 20]  # 3 px from a point whose neighbour is 8 px away
+    isolated = code[53, 70]  # 3 px from a point whose neighbour is 42 px away
+    assert crowded < isolated < 1.0
+
+
+def test_repel_is_zero_beyond_its_radius():
+    code = repel_code(
+        np.array([[0.0, 0.0]]), (1, 200), mpp=0.5, params=EncodingParams(repel_radius_um=35.0)
+    )
+    assert code[0, 69] > 0  # 34.5 µm
+    assert code[0, 70] == 0  # 35 µm
+    assert (repel_code(np.empty((0, 2)), (5, 5), mpp=0.5) == 0).all()
+
+
+def test_nearest_points_distances():
+    near = nearest_points(np.array([[0.0, 0.0], [4.0, 0.0]]), (1, 5))
+    np.testing.assert_allclose(near.d1[0], [0, 1, 2, 1, 0])
+    np.testing.assert_allclose(near.d2[0], [4, 3, 2, 3, 4])
+
+
+def test_grouped_kmeans_splits_each_group_independently():
+    # group 0: values near 0 and 10; group 1: values near 100 and 200
+    values = np.array([0, 1, 10, 11, 100, 101, 200, 201], dtype=np.float32)[:, None]
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    assign = grouped_kmeans(
+        values, groups, 2, k=2, init_order=values[:, 0], iterations=10, sample_stride=1
+    )
+    assert assign.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("clustering", ["local", "global"])
+def test_cluster_label_recovers_dark_disks_within_two_pixels(disks, clustering):
+    params = EncodingParams(clustering=clustering)
+    label = cluster_label(disks.image, disks.centres_xy, mpp=disks.mpp, params=params)
+    truth = disks.truth > 0
+    nucleus = label == NUCLEUS
+    assert not (nucleus & ~ndimage.binary_dilation(truth, iterations=2)).any()
+    assert not (ndimage.binary_erosion(truth, iterations=2) & ~nucleus).any()
+    assert (label[~ndimage.binary_dilation(truth, iterations=4)] != NUCLEUS).all()
+
+
+def test_cluster_label_is_deterministic(disks):
+    for clustering in ("local", "global"):
+        params = EncodingParams(clustering=clustering, seed=3)
+        first = cluster_label(disks.image, disks.centres_xy, mpp=disks.mpp, params=params)
+        second = cluster_label(disks.image, disks.centres_xy, mpp=disks.mpp, params=params)
+        np.testing.assert_array_equal(first, second)
+
+
+def test_cluster_label_keeps_only_the_part_touching_the_point(disks):
+    image = disks.image.copy()
+    image[2:6, 85:92] = (90, 50, 140)  # dark debris far from any point
+    label = cluster_label(image, disks.centres_xy, mpp=disks.mpp)
+    assert (label[2:6, 85:92] != NUCLEUS).all()
+
+
+def test_encode_zero_points_is_all_background_for_clusters(disks):
+    enc = encode(disks.image, np.empty((0, 2)), mpp=0.25)
+    assert (enc.cluster == BACKGROUND).all()
+    assert (enc.voronoi == IGNORE).all()
+    assert (enc.repel == 0).all() and (enc.filtered_repel == 0).all()
+
+
+def test_filtered_repel_is_repel_inside_nuclei_only(disks):
+    enc = encode(disks.image, disks.centres_xy, mpp=disks.mpp)
+    inside = enc.cluster == NUCLEUS
+    np.testing.assert_array_equal(enc.filtered_repel[inside], enc.repel[inside])
+    assert (enc.filtered_repel[~inside] == 0).all()
+    assert enc.voronoi.dtype == enc.cluster.dtype == np.uint8
+    assert enc.repel.dtype == np.float32
+
+
+def test_encode_rejects_bad_arguments(disks):
+    with pytest.raises(ValueError, match="H, W, 3"):
+        encode(disks.image[..., 0], disks.centres_xy, mpp=0.25)
+    with pytest.raises(ValueError, match="positive"):
+        encode(disks.image, disks.centres_xy, mpp=0)
+    with pytest.raises(ValueError, match="clustering"):
+        EncodingParams(clustering="kmeans")
