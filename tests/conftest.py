@@ -52,3 +52,30 @@ def shared_monuseg() -> Path:
     if not (SHARED_MONUSEG / "images").is_dir():
         pytest.skip("../shared/data/monuseg is not available")
     return SHARED_MONUSEG
+
+
+def write_disk_dataset(folder: Path, n_images: int = 3, *, shape=(96, 96), mpp=0.5) -> Path:
+    """Write ``images/*.tif`` (with pixel size) and ``points/*.csv`` of synthetic disks."""
+    import tifffile
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "points").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(n_images):
+        centres = rng.uniform(12, min(shape) - 12, size=(6, 2))
+        tile = make_disks(centres, shape=shape, radius=5.0, mpp=mpp, seed=index)
+        resolution = 1e4 / mpp
+        tifffile.imwrite(
+            folder / "images" / f"img{index}.tif",
+            tile.image,
+            resolution=(resolution, resolution),
+            resolutionunit="CENTIMETER",
+        )
+        rows = "\n".join(f"{x:.2f},{y:.2f}" for x, y in centres)
+        (folder / "points" / f"img{index}.csv").write_text(f"x,y\n{rows}\n")
+    return folder
+
+
+@pytest.fixture
+def disk_dataset(tmp_path) -> Path:
+    return write_disk_dataset(tmp_path / "data")

@@ -88,3 +88,61 @@ def test_demo_writes_overlays(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "labels" / "overlay").glob("*.png"))) == 2
+
+
+def test_train_and_resume_commands(tmp_path):
+    from conftest import write_disk_dataset
+
+    data = write_disk_dataset(tmp_path / "data")
+    args = [
+        "train",
+        "--images",
+        str(data / "images"),
+        "--points",
+        str(data / "points"),
+        "--out",
+        str(tmp_path / "run"),
+        "--encoder",
+        "resnet18",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "64",
+        "--precision",
+        "fp32",
+        "--val-every",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "trained 2 steps" in result.output
+    assert (tmp_path / "run" / "best.pt").is_file()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "already holds a run" in again.output
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "run")])
+    assert resumed.exit_code == 0 and "trained 2 steps" in resumed.output
+
+
+def test_train_needs_inputs_or_resume(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--images, --points and --out are required" in result.output
+    bad = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--images",
+            str(tmp_path),
+            "--points",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--patch-size",
+            "100",
+        ],
+    )
+    assert bad.exit_code == 2 and "multiple of 32" in bad.output

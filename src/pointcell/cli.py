@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import warnings
@@ -102,6 +103,174 @@ def labels(
             f"ignored {s.ignore_fraction:.1%}"
         )
     click.echo(f"wrote label maps of {len(summaries)} image(s) to {out}")
+
+
+@main.command()
+@click.option(
+    "--images", type=click.Path(exists=True, path_type=Path), help="Image file or folder."
+)
+@click.option(
+    "--points",
+    type=click.Path(exists=True, path_type=Path),
+    help="Points file or folder, matched to images by file name.",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder to create."
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Continue the run in this folder where it stopped.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["cpu", "paper"]),
+    default="cpu",
+    show_default=True,
+    help="cpu: ResNet18, ~1 h on 2 cores; paper: ResNet50, 60,900 steps.",
+)
+@click.option("--steps", type=click.IntRange(min=1), help="Training iterations.")
+@click.option(
+    "--epochs",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Training length in epochs (one patch per patch-sized area of training "
+    "images); instead of --steps.",
+)
+@click.option("--encoder", help="Any segmentation-models-pytorch encoder, e.g. resnet50.")
+@click.option(
+    "--encoder-weights",
+    default="none",
+    show_default=True,
+    help="'imagenet' (download), 'none', or a local weights file.",
+)
+@click.option(
+    "--tasks",
+    default="voronoi,repel,cluster",
+    show_default=True,
+    help="Comma-separated subset of the three tasks.",
+)
+@click.option(
+    "--tasks-mode",
+    type=click.Choice(["scheduler", "sum", "uncertainty"]),
+    default="scheduler",
+    show_default=True,
+    help="How task losses are combined.",
+)
+@click.option("--optimizer", type=click.Choice(["ranger", "adam"]), help="Default: ranger.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default: 1e-3.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Default: 8.")
+@click.option("--patch-size", type=click.IntRange(min=32), help="Default: 256.")
+@click.option(
+    "--working-mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Pixel size the network works at (µm/px).",
+)
+@_mpp_option
+@click.option("--clip", is_flag=True, help="Drop points outside their image.")
+@_encoding_options
+@click.option(
+    "--split",
+    "split_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON {"train": [...], "val": [...], "test": [...]} of '
+    "image stems; default: seeded 80/10/10 split.",
+)
+@click.option("--val-every", type=click.IntRange(min=1), help="Validate every N steps.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), help="Write last.pt every N steps.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 autocast on GPUs and bf16-capable CPUs, else fp32.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where encodings are cached (default ~/.cache/pointcell/encodings).",
+)
+def train(
+    images: Path | None,
+    points: Path | None,
+    out: Path | None,
+    resume_dir: Path | None,
+    preset: str,
+    steps: int | None,
+    epochs: float | None,
+    encoder: str | None,
+    encoder_weights: str,
+    tasks: str,
+    tasks_mode: str,
+    optimizer: str | None,
+    lr: float | None,
+    batch_size: int | None,
+    patch_size: int | None,
+    working_mpp: float,
+    mpp: float | None,
+    clip: bool,
+    clustering: str,
+    seed: int,
+    split_file: Path | None,
+    val_every: int | None,
+    checkpoint_every: int | None,
+    device: str,
+    precision: str,
+    cache_dir: Path | None,
+) -> None:
+    """Train a U-Net on point labels (Voronoi, repel and cluster tasks)."""
+    from pointcell.model import ModelConfig
+    from pointcell.train import TrainingInterrupted, fit, preset_config
+
+    try:
+        if resume_dir is not None:
+            result = fit(None, resume_dir, resume=True)
+        else:
+            if images is None or points is None or out is None:
+                raise click.UsageError(
+                    "--images, --points and --out are required (or --resume RUN)"
+                )
+            overrides = {
+                "images": str(images),
+                "points": str(points),
+                "steps": steps,
+                "epochs": epochs,
+                "encoder_weights": None if encoder_weights == "none" else encoder_weights,
+                "tasks": tuple(t.strip() for t in tasks.split(",") if t.strip()),
+                "tasks_mode": tasks_mode,
+                "optimizer": optimizer,
+                "lr": lr,
+                "batch_size": batch_size,
+                "patch_size": patch_size,
+                "working_mpp": working_mpp,
+                "mpp": mpp,
+                "clip": clip,
+                "encoding": EncodingParams(clustering=clustering, seed=seed),
+                "seed": seed,
+                "split": json.loads(split_file.read_text()) if split_file else None,
+                "val_every": val_every,
+                "checkpoint_every": checkpoint_every,
+                "device": device,
+                "precision": precision,
+                "cache_dir": str(cache_dir) if cache_dir else None,
+            }
+            if encoder:
+                overrides["model"] = ModelConfig(encoder=encoder)
+            try:
+                config = preset_config(preset, **overrides)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from exc
+            result = fit(config, out)
+    except TrainingInterrupted as exc:
+        raise click.ClickException(str(exc)) from exc
+    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+    click.echo(
+        f"trained {result.steps} steps; best validation loss {best}; "
+        f"checkpoints in {result.run_dir}"
+    )
 
 
 @main.command()

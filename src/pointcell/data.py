@@ -1,0 +1,331 @@
+"""Training data: images and points -> cached encodings at a working pixel size -> batches.
+
+Each image is resampled to the working pixel size (default 0.5 µm/px, the paper's) so that 20x
+and 40x scans train together, encoded once, and cached on disk under a key made of the image
+and points file contents and every encoding parameter. Batches are random patches with
+augmentation; everything random about step ``i`` comes from a generator seeded with
+``(seed, i)``, so a resumed run draws exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.transform import resize
+
+from pointcell.encodings import IGNORE, EncodingParams, encode
+from pointcell.errors import PointcellInputError
+from pointcell.io.atomic import atomic_output
+from pointcell.io.images import read_image, resolve_mpp
+from pointcell.io.pairing import ImagePointsPair
+from pointcell.io.points import read_points
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image and its encodings at the working pixel size; arrays are (H, W[, 3])."""
+
+    stem: str
+    image: np.ndarray  # uint8 RGB
+    voronoi: np.ndarray  # uint8 labels
+    cluster: np.ndarray  # uint8 labels
+    repel: np.ndarray  # float32 filtered repel
+    n_points: int
+
+
+def resample(
+    image: np.ndarray, points_xy: np.ndarray, factor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an RGB image by ``factor`` (anti-aliased) and move the points with it."""
+    if math.isclose(factor, 1.0, rel_tol=1e-3):
+        return image, points_xy
+    shape = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
+    scaled = resize(image, shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
+    real = (shape[0] / image.shape[0], shape[1] / image.shape[1])
+    xy = (points_xy + 0.5) * np.array([real[1], real[0]]) - 0.5  # pixel centres stay centres
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), xy
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cache_key(
+    pair: ImagePointsPair, *, mpp: float, working_mpp: float, params: EncodingParams, clip: bool
+) -> str:
+    """Key of a cached encoding: file contents and every parameter that changes the result."""
+    recipe = {
+        "image": _file_digest(pair.image),
+        "points": _file_digest(pair.points),
+        "mpp": mpp,
+        "working_mpp": working_mpp,
+        "params": params.to_dict(),
+        "clip": clip,
+        "version": CACHE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def prepare_image(
+    pair: ImagePointsPair,
+    *,
+    working_mpp: float,
+    params: EncodingParams,
+    mpp: float | None = None,
+    clip: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> PreparedImage:
+    """Read, resample and encode one image, using the on-disk cache when it is up to date."""
+    image = read_image(pair.image)
+    pixel_size = resolve_mpp(image, mpp)
+    cached = None
+    if cache_dir is not None:
+        key = cache_key(pair, mpp=pixel_size, working_mpp=working_mpp, params=params, clip=clip)
+        cached = Path(cache_dir) / f"{pair.stem}-{key}.npz"
+        if cached.is_file():
+            try:
+                with np.load(cached) as data:
+                    return PreparedImage(
+                        pair.stem,
+                        data["image"],
+                        data["voronoi"],
+                        data["cluster"],
+                        data["repel"],
+                        int(data["n_points"]),
+                    )
+            except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+                log.warning("ignoring unreadable cache file %s", cached)
+    points = read_points(pair.points, image_shape=image.shape, clip=clip)
+    pixels, xy = resample(image.pixels, points.xy, pixel_size / working_mpp)
+    enc = encode(pixels, xy, mpp=working_mpp, params=params)
+    prepared = PreparedImage(
+        pair.stem, pixels, enc.voronoi, enc.cluster, enc.filtered_repel, len(points)
+    )
+    if cached is not None:
+        with atomic_output(cached) as tmp:
+            np.savez(
+                tmp,
+                image=prepared.image,
+                voronoi=prepared.voronoi,
+                cluster=prepared.cluster,
+                repel=prepared.repel,
+                n_points=prepared.n_points,
+            )
+    return prepared
+
+
+def split_stems(
+    stems: Sequence[str], *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[str]]:
+    """Seeded split by image into train / val / test.
+
+    Validation gets at least one image when there are three or more; training always keeps at
+    least one.
+    """
+    if not math.isclose(sum(fractions), 1.0) or min(fractions) < 0:
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
+    order = list(np.random.default_rng(seed).permutation(sorted(stems)))
+    n = len(order)
+    n_val = max(1, round(n * fractions[1])) if n >= 3 and fractions[1] > 0 else 0
+    n_test = min(round(n * fractions[2]), max(0, n - n_val - 1))
+    return {
+        "val": sorted(order[:n_val]),
+        "test": sorted(order[n_val : n_val + n_test]),
+        "train": sorted(order[n_val + n_test :]),
+    }
+
+
+def channel_stats(images: Sequence[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (of values in [0, 1]) over all pixels."""
+    total = sum(img.shape[0] * img.shape[1] for img in images)
+    sums = sum(img.reshape(-1, 3).astype(np.float64).sum(0) for img in images) / 255.0
+    squares = sum((img.reshape(-1, 3).astype(np.float64) ** 2).sum(0) for img in images) / 65025.0
+    mean = sums / total
+    std = np.sqrt(np.maximum(squares / total - mean**2, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Random geometric augmentation (identical for the image and its three targets)."""
+
+    flips: bool = True
+    rot90: bool = True
+    max_rotation_deg: float = 15.0
+    scale_range: tuple[float, float] = (0.8, 1.25)  # random resize
+    max_shear_deg: float = 5.0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+NO_AUGMENT = AugmentParams(
+    flips=False, rot90=False, max_rotation_deg=0.0, scale_range=(1.0, 1.0), max_shear_deg=0.0
+)
+
+
+class PatchSampler:
+    """Draws augmented training batches; batch ``i`` depends only on ``(seed, i)``.
+
+    The numpy side cuts a window around a random centre (padding outside the image: the mean
+    colour, IGNORE labels, zero repel); the torch side applies one affine warp per patch with
+    ``grid_sample`` — bilinear for the image and repel, nearest for the labels.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[PreparedImage],
+        *,
+        patch_size: int,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: AugmentParams,
+        seed: int,
+    ) -> None:
+        if not images:
+            raise PointcellInputError("no training images: every image needs a points file")
+        self.images = list(images)
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.fill = np.rint(np.asarray(mean) * 255).astype(np.uint8)
+        self.augment = augment
+        self.seed = seed
+        areas = np.array([img.image.shape[0] * img.image.shape[1] for img in self.images], float)
+        self.weights = areas / areas.sum()
+        # large enough for any rotation and the largest zoom-out; window - patch is even so
+        # that unrotated patches sample whole pixels (labels and image stay aligned)
+        margin = patch_size * max(augment.scale_range) * (math.sqrt(2) + 0.1) - patch_size
+        self.window = patch_size + 2 * math.ceil(max(margin, 0.0) / 2)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Normalised images (B, 3, P, P) and targets {voronoi, cluster: long, repel: float}."""
+        rng = np.random.default_rng([self.seed, step])
+        windows = [self._window(rng) for _ in range(self.batch_size)]
+        thetas = np.stack([self._theta(rng) for _ in range(self.batch_size)])
+        return self.warp(windows, torch.from_numpy(thetas).float())
+
+    def _window(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        img = self.images[rng.choice(len(self.images), p=self.weights)]
+        h, w = img.image.shape[:2]
+        centre = (rng.uniform(0, h), rng.uniform(0, w))
+        return crop_window(img, centre, self.window, self.fill)
+
+    def _theta(self, rng: np.random.Generator) -> np.ndarray:
+        aug = self.augment
+        matrix = np.eye(2)
+        if aug.flips and rng.random() < 0.5:
+            matrix = matrix @ np.diag([-1.0, 1.0])
+        if aug.rot90:
+            matrix = matrix @ np.linalg.matrix_power(
+                np.array([[0.0, -1.0], [1.0, 0.0]]), int(rng.integers(4))
+            )
+        angle = math.radians(rng.uniform(-aug.max_rotation_deg, aug.max_rotation_deg))
+        rotation = np.array(
+            [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+        )
+        shear = math.tan(math.radians(rng.uniform(-aug.max_shear_deg, aug.max_shear_deg)))
+        scale = math.exp(rng.uniform(*np.log(aug.scale_range)))
+        matrix = rotation @ np.array([[1.0, shear], [0.0, 1.0]]) @ matrix / scale
+        theta = np.zeros((2, 3))
+        theta[:, :2] = matrix * (self.patch_size / self.window)
+        return theta
+
+    def warp(
+        self, windows: Sequence[tuple[np.ndarray, ...]], thetas: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images = torch.from_numpy(np.stack([w[0] for w in windows])).permute(0, 3, 1, 2)
+        images = (images.float() / 255.0 - self.mean) / self.std
+        labels = torch.from_numpy(np.stack([np.stack(w[1:3]) for w in windows])).float()
+        repel = torch.from_numpy(np.stack([w[3] for w in windows]))[:, None]
+        size = (len(windows), 1, self.patch_size, self.patch_size)
+        grid = F.affine_grid(thetas, list(size), align_corners=False)
+        images = F.grid_sample(
+            images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        # shift labels by one so that zero padding means "outside" and becomes IGNORE
+        labels = F.grid_sample(
+            labels + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )
+        labels = torch.where(labels == 0, torch.tensor(float(IGNORE + 1)), labels) - 1
+        repel = F.grid_sample(
+            repel, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        return images, {
+            "voronoi": labels[:, 0].long(),
+            "cluster": labels[:, 1].long(),
+            "repel": repel[:, 0],
+        }
+
+
+def crop_window(
+    img: PreparedImage, centre: tuple[float, float], size: int, fill: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """A ``size`` x ``size`` window of the image and targets around ``centre`` (row, col),
+    padded where it leaves the image."""
+    top = int(math.floor(centre[0])) - size // 2
+    left = int(math.floor(centre[1])) - size // 2
+    h, w = img.image.shape[:2]
+    r0, r1 = max(top, 0), min(top + size, h)
+    c0, c1 = max(left, 0), min(left + size, w)
+    out_image = np.empty((size, size, 3), np.uint8)
+    out_image[:] = fill
+    out_vor = np.full((size, size), IGNORE, np.uint8)
+    out_clu = np.full((size, size), IGNORE, np.uint8)
+    out_rep = np.zeros((size, size), np.float32)
+    if r1 > r0 and c1 > c0:
+        dst = (slice(r0 - top, r1 - top), slice(c0 - left, c1 - left))
+        src = (slice(r0, r1), slice(c0, c1))
+        out_image[dst] = img.image[src]
+        out_vor[dst] = img.voronoi[src]
+        out_clu[dst] = img.cluster[src]
+        out_rep[dst] = img.repel[src]
+    return out_image, out_vor, out_clu, out_rep
+
+
+def grid_batches(
+    images: Sequence[PreparedImage],
+    *,
+    patch_size: int,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+):
+    """Validation batches: every image cut into a grid of patches, no augmentation."""
+    sampler = PatchSampler(
+        images,
+        patch_size=patch_size,
+        batch_size=batch_size,
+        mean=mean,
+        std=std,
+        augment=NO_AUGMENT,
+        seed=0,
+    )
+    sampler.window = patch_size
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    windows = []
+    for img in images:
+        h, w = img.image.shape[:2]
+        for top in range(0, h, patch_size):
+            for left in range(0, w, patch_size):
+                centre = (top + patch_size // 2, left + patch_size // 2)
+                windows.append(crop_window(img, centre, patch_size, sampler.fill))
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        yield sampler.warp(chunk, identity.expand(len(chunk), 2, 3))

@@ -1,0 +1,90 @@
+"""Losses of the three tasks and the ways to combine them.
+
+Functional losses take the network's logits (B, 2, H, W) and a target (B, H, W):
+
+* Voronoi: cross-entropy over non-ignored pixels only (paper eq. 2);
+* cluster: cross-entropy (paper eq. 1); pointcell's cluster label also has an ignore value;
+* repel: mean squared error between the nucleus probability and the filtered repel (eq. 3).
+
+Combiners: ``scheduler`` (paper eq. 4: one task per iteration, in the order Voronoi, repel,
+cluster), ``sum`` (Qu et al. 2019) and ``uncertainty`` (Kendall et al. 2018, learned
+log-variances).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pointcell.encodings import IGNORE
+from pointcell.model import nucleus_probability
+
+TASKS = ("voronoi", "repel", "cluster")  # the paper's scheduler order
+REGRESSION_TASKS = ("repel",)
+TasksMode = Literal["scheduler", "sum", "uncertainty"]
+
+
+def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over pixels whose target is not IGNORE (0 if there are none)."""
+    valid = target != IGNORE
+    if not bool(valid.any()):
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), target.long(), ignore_index=IGNORE)
+
+
+def repel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the nucleus probability and the (filtered) repel map."""
+    return F.mse_loss(nucleus_probability(logits), target.float())
+
+
+LOSSES = {"voronoi": labelled_cross_entropy, "cluster": labelled_cross_entropy, "repel": repel_loss}
+
+
+def task_losses(
+    logits: torch.Tensor, targets: Mapping[str, torch.Tensor], tasks: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Loss of every task in ``tasks`` against its target."""
+    return {task: LOSSES[task](logits, targets[task]) for task in tasks}
+
+
+class TaskCombiner(nn.Module):
+    """Turns per-task losses into the loss to minimise at an iteration.
+
+    ``tasks`` is the enabled subset (in any order; the scheduler cycles through them in the
+    paper's order). Only ``uncertainty`` has parameters: one log-variance ``s`` per task, with
+    ``exp(-s) L + s/2`` for classification and ``exp(-s) L / 2 + s/2`` for regression tasks
+    (Kendall et al. 2018, eqs. 7-10, with s = log sigma^2).
+    """
+
+    def __init__(self, mode: TasksMode, tasks: Sequence[str]) -> None:
+        super().__init__()
+        unknown = set(tasks) - set(TASKS)
+        if unknown or not tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(tasks)}")
+        if mode not in ("scheduler", "sum", "uncertainty"):
+            raise ValueError(f"mode must be scheduler, sum or uncertainty, got {mode!r}")
+        self.mode = mode
+        self.tasks = tuple(t for t in TASKS if t in tasks)
+        self.log_vars = nn.ParameterDict(
+            {t: nn.Parameter(torch.zeros(())) for t in self.tasks} if mode == "uncertainty" else {}
+        )
+
+    def tasks_at(self, iteration: int) -> tuple[str, ...]:
+        """The tasks whose losses are computed at ``iteration``."""
+        if self.mode == "scheduler":
+            return (self.tasks[iteration % len(self.tasks)],)
+        return self.tasks
+
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.mode != "uncertainty":
+            return torch.stack([losses[t] for t in losses]).sum()
+        total = []
+        for task, loss in losses.items():
+            s = self.log_vars[task]
+            scale = 0.5 if task in REGRESSION_TASKS else 1.0
+            total.append(scale * torch.exp(-s) * loss + 0.5 * s)
+        return torch.stack(total).sum()

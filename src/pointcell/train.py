@@ -1,0 +1,468 @@
+"""Training: one network, three point-label tasks, a run folder that survives interruptions.
+
+A run folder holds ``config.json`` (everything needed to reproduce the run), ``split.json``,
+``metrics.csv`` (one row per validation), ``last.pt`` (written atomically every
+``checkpoint_every`` steps and on Ctrl-C) and ``best.pt`` (lowest validation loss). A batch
+depends only on the seed and the step number, so ``fit(..., resume=True)`` continues exactly
+where the run stopped: on CPU it ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pointcell import __version__
+from pointcell.data import (
+    AugmentParams,
+    PatchSampler,
+    PreparedImage,
+    channel_stats,
+    grid_batches,
+    prepare_image,
+    split_stems,
+)
+from pointcell.encodings import EncodingParams
+from pointcell.errors import PointcellInputError
+from pointcell.io.atomic import atomic_output
+from pointcell.io.checkpoints import load_checkpoint, save_checkpoint
+from pointcell.io.pairing import pair_images_with_points
+from pointcell.losses import TASKS, TaskCombiner, TasksMode, task_losses
+from pointcell.model import ENCODER_STRIDE, ModelConfig, build_model
+
+log = logging.getLogger(__name__)
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; stored as ``config.json`` in the run folder."""
+
+    images: str
+    points: str
+    model: ModelConfig = ModelConfig()
+    encoder_weights: str | None = None  # None, "imagenet" or a local weights file
+    encoding: EncodingParams = EncodingParams()
+    augment: AugmentParams = AugmentParams()
+    mpp: float | None = None  # overrides the images' metadata
+    working_mpp: float = 0.5
+    clip: bool = False
+    tasks: tuple[str, ...] = TASKS
+    tasks_mode: TasksMode = "scheduler"
+    optimizer: Literal["ranger", "adam"] = "ranger"
+    lr: float = 1e-3
+    batch_size: int = 8
+    patch_size: int = 256  # the paper's 250, rounded up to a multiple of the encoder stride
+    steps: int | None = None
+    epochs: float | None = None  # an epoch: one patch per patch-sized area of training image
+    val_every: int = 200
+    checkpoint_every: int = 100
+    seed: int = 0
+    split: dict[str, list[str]] | None = None  # explicit {"train", "val", "test"} stems
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    device: str = "auto"
+    precision: Precision = "auto"
+    cache_dir: str | None = None  # default: ~/.cache/pointcell/encodings
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps or epochs")
+        if self.patch_size % ENCODER_STRIDE:
+            raise ValueError(f"patch_size must be a multiple of {ENCODER_STRIDE}")
+        if self.batch_size < 1 or self.lr <= 0 or self.val_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("batch_size, lr, val_every and checkpoint_every must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        data["model"] = ModelConfig.from_dict(data["model"])
+        encoding = dict(data["encoding"])
+        data["encoding"] = EncodingParams(**encoding)
+        augment = dict(data["augment"])
+        augment["scale_range"] = tuple(augment["scale_range"])
+        data["augment"] = AugmentParams(**augment)
+        data["tasks"] = tuple(data["tasks"])
+        data["split_fractions"] = tuple(data["split_fractions"])
+        return cls(**data)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Chamanzar & Nie 2020: ResNet50 U-Net, batch 8, lr 1e-3, Ranger, 60,900 iterations.
+    "paper": {
+        "model": ModelConfig(encoder="resnet50"),
+        "steps": 60_900,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "optimizer": "ranger",
+        "tasks_mode": "scheduler",
+        "val_every": 1000,
+        "checkpoint_every": 500,
+    },
+    # About an hour on 2 CPU cores (bf16 autocast, channels_last): a ResNet18 U-Net.
+    "cpu": {
+        "model": ModelConfig(encoder="resnet18"),
+        "steps": 3000,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "optimizer": "ranger",
+        "tasks_mode": "scheduler",
+        "val_every": 250,
+        "checkpoint_every": 50,
+    },
+}
+
+
+def preset_config(name: str, **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from a named preset, with explicit overrides."""
+    if name not in PRESETS:
+        raise PointcellInputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if "epochs" in overrides and overrides["epochs"] is not None:
+        values.pop("steps", None)
+    return TrainConfig(**values)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_val_loss: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by Ctrl-C after saving ``last.pt``."""
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), where autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
+    """The autocast dtype for a device (None = fp32): bf16 on capable CPUs and GPUs, fp16 on
+    older GPUs."""
+    if precision == "fp32":
+        return None
+    if precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:  # noqa: ANN001
+    """Ranger (RAdam + Lookahead, from pytorch-optimizer) or Adam."""
+    if name == "ranger":
+        from pytorch_optimizer import Ranger
+
+        return Ranger(parameters, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    raise ValueError(f"optimizer must be ranger or adam, got {name!r}")
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(root) / "pointcell" / "encodings"
+
+
+def prepare_dataset(config: TrainConfig, *, progress: bool) -> list[PreparedImage]:
+    pairs = pair_images_with_points(config.images, config.points)
+    if not pairs:
+        raise PointcellInputError(
+            f"no image in {config.images} has a points file in {config.points}"
+        )
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    return [
+        prepare_image(
+            pair,
+            working_mpp=config.working_mpp,
+            params=config.encoding,
+            mpp=config.mpp,
+            clip=config.clip,
+            cache_dir=cache,
+        )
+        for pair in tqdm(pairs, desc="encoding", unit="image", disable=not progress)
+    ]
+
+
+def resolve_split(config: TrainConfig, stems: list[str]) -> dict[str, list[str]]:
+    if config.split is None:
+        return split_stems(stems, fractions=config.split_fractions, seed=config.seed)
+    split = {k: list(config.split.get(k, [])) for k in ("train", "val", "test")}
+    unknown = sorted(set(sum(split.values(), [])) - set(stems))
+    if unknown:
+        raise PointcellInputError(f"split names image(s) without points: {', '.join(unknown)}")
+    if not split["train"]:
+        raise PointcellInputError("the split has no training image")
+    return split
+
+
+def total_steps(config: TrainConfig, train_images: list[PreparedImage]) -> int:
+    if config.steps is not None:
+        return config.steps
+    area = sum(img.image.shape[0] * img.image.shape[1] for img in train_images)
+    per_epoch = math.ceil(area / config.patch_size**2 / config.batch_size)
+    return max(1, round(config.epochs * per_epoch))
+
+
+class Trainer:
+    """Holds the model, optimizer and combiner of one run and performs its steps."""
+
+    def __init__(self, config: TrainConfig, *, mean: list[float], std: list[float]) -> None:
+        self.config = config
+        self.device = select_device(config.device)
+        self.dtype = autocast_dtype(self.device, config.precision)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, encoder_weights=config.encoder_weights)
+        self.model.to(self.device, memory_format=torch.channels_last)
+        self.combiner = TaskCombiner(config.tasks_mode, config.tasks).to(self.device)
+        self.optimizer = make_optimizer(
+            config.optimizer,
+            list(self.model.parameters()) + list(self.combiner.parameters()),
+            config.lr,
+        )
+        use_scaler = self.device.type == "cuda" and self.dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.mean, self.std = mean, std
+
+    def autocast(self):  # noqa: ANN201
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def step(
+        self, iteration: int, images: torch.Tensor, targets: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """One optimisation step on the tasks the combiner selects for ``iteration``."""
+        self.model.train()
+        images = images.to(self.device, memory_format=torch.channels_last)
+        targets = {k: v.to(self.device) for k, v in targets.items()}
+        with self.autocast():
+            logits = self.model(images)
+        losses = task_losses(logits, targets, self.combiner.tasks_at(iteration))
+        loss = self.combiner(losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    @torch.inference_mode()
+    def validate(self, images: list[PreparedImage]) -> dict[str, float]:
+        """Mean loss of every task over a grid of patches of the validation images."""
+        self.model.eval()
+        sums = dict.fromkeys(TASKS, 0.0)
+        count = 0
+        for batch, targets in grid_batches(
+            images,
+            patch_size=self.config.patch_size,
+            batch_size=self.config.batch_size,
+            mean=self.mean,
+            std=self.std,
+        ):
+            batch = batch.to(self.device, memory_format=torch.channels_last)
+            with self.autocast():
+                logits = self.model(batch)
+            losses = task_losses(logits, {k: v.to(self.device) for k, v in targets.items()}, TASKS)
+            for task, value in losses.items():
+                sums[task] += float(value) * len(batch)
+            count += len(batch)
+        result = {f"val_{k}": v / count for k, v in sums.items()}
+        result["val_loss"] = sum(result.values()) / len(TASKS)
+        return result
+
+    def state(self, step: int, total: int, best: float | None) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "pointcell_version": __version__,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "combiner": self.combiner.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": step,
+            "total_steps": total,
+            "best_val_loss": best,
+            "normalisation": {"mean": self.mean, "std": self.std},
+            "working_mpp": self.config.working_mpp,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.combiner.load_state_dict(state["combiner"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    if not rows:
+        return
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_metrics(path: Path, up_to_step: int) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    return [row for row in rows if row["step"] <= up_to_step]
+
+
+def fit(
+    config: TrainConfig | None,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or, with ``resume``, continue training) and return where it ended.
+
+    A new run refuses a folder that already holds a checkpoint. Ctrl-C saves ``last.pt`` and
+    raises :class:`TrainingInterrupted`.
+    """
+    run_dir = Path(run_dir)
+    state = None
+    if resume:
+        state = load_checkpoint(run_dir / "last.pt")
+        config = TrainConfig.from_dict(state["config"])
+    elif config is None:
+        raise ValueError("a new run needs a config")
+    elif (run_dir / "last.pt").exists():
+        raise PointcellInputError(
+            f"{run_dir} already holds a run; resume it with --resume "
+            f"{run_dir} or choose another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", config.to_dict())
+
+    prepared = {img.stem: img for img in prepare_dataset(config, progress=progress)}
+    split = resolve_split(config, sorted(prepared))
+    _write_json(run_dir / "split.json", split)
+    train_images = [prepared[s] for s in split["train"]]
+    val_images = [prepared[s] for s in split["val"]]
+    if not val_images:
+        log.warning("no validation images (fewer than 3 images); best.pt follows last.pt")
+    if state is not None:
+        mean, std = state["normalisation"]["mean"], state["normalisation"]["std"]
+    else:
+        mean, std = channel_stats([img.image for img in train_images])
+    trainer = Trainer(config, mean=mean, std=std)
+    sampler = PatchSampler(
+        train_images,
+        patch_size=config.patch_size,
+        batch_size=config.batch_size,
+        mean=mean,
+        std=std,
+        augment=config.augment,
+        seed=config.seed,
+    )
+    total = total_steps(config, train_images)
+    start, best = 0, None
+    if state is not None:
+        trainer.load_state(state)
+        start, best = int(state["step"]), state["best_val_loss"]
+    history = _read_metrics(run_dir / "metrics.csv", start)
+    return _loop(trainer, sampler, val_images, run_dir, start, total, best, history, progress)
+
+
+def _loop(
+    trainer: Trainer,
+    sampler: PatchSampler,
+    val_images: list[PreparedImage],
+    run_dir: Path,
+    start: int,
+    total: int,
+    best: float | None,
+    history: list[dict[str, float]],
+    progress: bool,
+) -> TrainResult:
+    config = trainer.config
+    running: dict[str, list[float]] = {task: [] for task in config.tasks}
+    step = start
+    started = time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc="training", unit="step", disable=not progress)
+    try:
+        while step < total:
+            images, targets = sampler.batch(step)
+            for task, value in trainer.step(step, images, targets).items():
+                running[task].append(value)
+            step += 1
+            bar.update(1)
+            bar.set_postfix({t: f"{np.mean(v[-20:]):.3f}" for t, v in running.items() if v})
+            if step % config.val_every == 0 or step == total:
+                row = {"step": float(step), "elapsed_s": time.perf_counter() - started}
+                row.update(
+                    {f"train_{t}": float(np.mean(v)) if v else math.nan for t, v in running.items()}
+                )
+                running = {task: [] for task in config.tasks}
+                if val_images:
+                    row.update(trainer.validate(val_images))
+                history.append(row)
+                _write_metrics(run_dir / "metrics.csv", history)
+                score = row.get("val_loss")
+                if score is not None and (best is None or score < best):
+                    best = score
+                    save_checkpoint(run_dir / "best.pt", trainer.state(step, total, best))
+            if step % config.checkpoint_every == 0 or step == total:
+                save_checkpoint(run_dir / "last.pt", trainer.state(step, total, best))
+    except KeyboardInterrupt:
+        save_checkpoint(run_dir / "last.pt", trainer.state(step, total, best))
+        raise TrainingInterrupted(
+            f"interrupted after step {step} of {total}; continue with "
+            f"`pointcell train --resume {run_dir}`"
+        ) from None
+    finally:
+        bar.close()
+    if not val_images:
+        save_checkpoint(run_dir / "best.pt", trainer.state(step, total, best))
+    return TrainResult(run_dir=run_dir, steps=step, best_val_loss=best, history=history)
+
+
+def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``config`` with some fields replaced (None values are ignored)."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})

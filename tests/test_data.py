@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+
+from pointcell import data as data_module
+from pointcell.data import (
+    AugmentParams,
+    PatchSampler,
+    PreparedImage,
+    channel_stats,
+    prepare_image,
+    resample,
+    split_stems,
+)
+from pointcell.encodings import IGNORE, EncodingParams
+from pointcell.io.pairing import pair_images_with_points
+
+
+def test_resample_halves_and_keeps_points_on_their_pixels():
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[2:4, 4:6] = 200  # a 2x2 block at rows 2-3, cols 4-5; centre (x=4.5, y=2.5)
+    small, xy = resample(image, np.array([[4.5, 2.5]]), 0.5)
+    assert small.shape == (4, 4, 3)
+    np.testing.assert_allclose(xy, [[2.0, 1.0]])
+    assert small[1, 2, 0] == small.max()
+
+
+def test_split_is_seeded_and_by_image():
+    stems = [f"s{i}" for i in range(10)]
+    split = split_stems(stems, seed=1)
+    assert [len(split[k]) for k in ("train", "val", "test")] == [8, 1, 1]
+    assert sorted(sum(split.values(), [])) == sorted(stems)
+    assert split == split_stems(stems, seed=1)
+    assert split != split_stems(stems, seed=2)
+    assert split_stems(["a", "b"]) == {"train": ["a", "b"], "val": [], "test": []}
+    assert len(split_stems(["a", "b", "c"])["val"]) == 1
+
+
+def test_channel_stats():
+    a = np.zeros((2, 2, 3), np.uint8)
+    b = np.full((2, 2, 3), 255, np.uint8)
+    mean, std = channel_stats([a, b])
+    np.testing.assert_allclose(mean, [0.5] * 3)
+    np.testing.assert_allclose(std, [0.5] * 3)
+
+
+def test_encodings_are_cached_and_invalidated(disk_dataset, tmp_path, monkeypatch):
+    pair = pair_images_with_points(disk_dataset / "images", disk_dataset / "points")[0]
+    first = prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("encode should not run on a cache hit")
+
+    monkeypatch.setattr(data_module, "encode", fail)
+    again = prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.cluster, first.cluster)
+    with pytest.raises(AssertionError, match="cache hit"):  # a parameter changed
+        prepare_image(
+            pair, working_mpp=0.5, params=EncodingParams(clustering="global"), cache_dir=tmp_path
+        )
+    pair.points.write_text("x,y\n10,10\n")  # the points changed
+    with pytest.raises(AssertionError, match="cache hit"):
+        prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
+
+
+def test_prepare_resamples_to_the_working_pixel_size(disk_dataset):
+    pair = pair_images_with_points(disk_dataset / "images", disk_dataset / "points")[0]
+    prepared = prepare_image(pair, working_mpp=1.0, params=EncodingParams())
+    assert prepared.image.shape == (48, 48, 3) == prepared.cluster.shape + (3,)
+
+
+def labelled_image(size=64):
+    """An image whose red channel encodes its cluster label, to check alignment."""
+    cluster = np.zeros((size, size), np.uint8)
+    cluster[10:30, 5:25] = 1
+    cluster[40:50, 40:60] = IGNORE
+    image = np.zeros((size, size, 3), np.uint8)
+    image[..., 0] = cluster * 100
+    repel = (cluster == 1).astype(np.float32)
+    return PreparedImage("x", image, cluster.copy(), cluster, repel, 1)
+
+
+def test_augmentation_keeps_image_and_targets_aligned():
+    img = labelled_image()
+    exact = AugmentParams(max_rotation_deg=0, scale_range=(1, 1), max_shear_deg=0)
+    sampler = PatchSampler(
+        [img], patch_size=32, batch_size=16, mean=[0, 0, 0], std=[1, 1, 1], augment=exact, seed=0
+    )
+    images, targets = sampler.batch(3)
+    red = torch.round(images[:, 0] * 255 / 100).long()
+    inside = red != 0
+    # flips and 90-degree turns are exact: labels follow the pixels one to one
+    assert torch.equal(targets["cluster"][inside], red[inside])
+    assert set(torch.unique(targets["voronoi"]).tolist()) <= {0, 1, IGNORE}
+
+
+def test_augmented_labels_stay_in_range_and_outside_is_ignored():
+    img = labelled_image()
+    sampler = PatchSampler(
+        [img],
+        patch_size=64,
+        batch_size=8,
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
+        augment=AugmentParams(),
+        seed=0,
+    )
+    _, targets = sampler.batch(0)
+    for key in ("voronoi", "cluster"):
+        assert set(torch.unique(targets[key]).tolist()) <= {0, 1, IGNORE}
+    # windows are larger than the 64 px image: padding must be IGNORE, not background
+    assert (targets["cluster"] == IGNORE).float().mean() > 0.3
+    assert targets["repel"].min() >= 0 and targets["repel"].max() <= 1
+
+
+def test_batches_depend_only_on_seed_and_step():
+    img = labelled_image()
+    kwargs = dict(
+        patch_size=32, batch_size=4, mean=[0, 0, 0], std=[1, 1, 1], augment=AugmentParams()
+    )
+    a = PatchSampler([img], seed=5, **kwargs)
+    b = PatchSampler([img], seed=5, **kwargs)
+    a.batch(0)
+    assert torch.equal(a.batch(7)[0], b.batch(7)[0])
+    assert not torch.equal(a.batch(7)[0], a.batch(8)[0])

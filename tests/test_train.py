@@ -1,0 +1,182 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_disks
+from pointcell import train as train_module
+from pointcell.data import NO_AUGMENT, PatchSampler, PreparedImage, channel_stats
+from pointcell.encodings import encode
+from pointcell.errors import PointcellInputError
+from pointcell.io.checkpoints import load_checkpoint
+from pointcell.model import ModelConfig
+from pointcell.train import TrainConfig, Trainer, TrainingInterrupted, fit, preset_config
+
+SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16))
+
+
+def tiny_config(data, tmp_path, **changes):
+    values = dict(
+        images=str(data / "images"),
+        points=str(data / "points"),
+        model=SMALL,
+        steps=4,
+        batch_size=2,
+        patch_size=64,
+        val_every=2,
+        checkpoint_every=1,
+        precision="fp32",
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_run_folder_contents(disk_dataset, tmp_path):
+    result = fit(tiny_config(disk_dataset, tmp_path), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json",
+        "split.json",
+        "metrics.csv",
+        "last.pt",
+        "best.pt",
+    }
+    assert result.steps == 4 and len(result.history) == 2
+    assert "val_loss" in result.history[0]
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 4 and len(state["normalisation"]["mean"]) == 3
+    assert TrainConfig.from_dict(state["config"]) == tiny_config(disk_dataset, tmp_path)
+
+
+@pytest.mark.parametrize(("optimizer", "factor"), [("adam", 10.0), ("ranger", 1.5)])
+def test_overfits_one_synthetic_image(optimizer, factor):
+    """40 steps on one fixed 64x64 patch: the summed loss falls by ``factor`` (measured: 32x
+    with Adam; Ranger's RAdam warm-up makes it slower, 2.2x)."""
+    tile = make_disks([(16, 16), (44, 20), (24, 46), (48, 48)], shape=(64, 64), mpp=0.5)
+    enc = encode(tile.image, tile.centres_xy, mpp=0.5)
+    image = PreparedImage("one", tile.image, enc.voronoi, enc.cluster, enc.filtered_repel, 4)
+    mean, std = channel_stats([image.image])
+    config = TrainConfig(
+        images="-",
+        points="-",
+        model=SMALL,
+        steps=40,
+        batch_size=2,
+        patch_size=64,
+        tasks_mode="sum",
+        optimizer=optimizer,
+        precision="fp32",
+        device="cpu",
+    )
+    trainer = Trainer(config, mean=mean, std=std)
+    sampler = PatchSampler(
+        [image], patch_size=64, batch_size=2, mean=mean, std=std, augment=NO_AUGMENT, seed=0
+    )
+    sampler.window = 64  # the whole tile, unchanged, every step
+    images, targets = sampler.batch(0)
+    losses = [sum(trainer.step(i, images, targets).values()) for i in range(40)]
+    assert losses[-1] < losses[0] / factor
+
+
+def test_resume_after_interrupt_gives_identical_weights(disk_dataset, tmp_path, monkeypatch):
+    straight = fit(tiny_config(disk_dataset, tmp_path), tmp_path / "a", progress=False)
+    real_step = train_module.Trainer.step
+
+    def interrupt_at_two(self, iteration, images, targets):
+        if iteration == 2:
+            raise KeyboardInterrupt
+        return real_step(self, iteration, images, targets)
+
+    monkeypatch.setattr(train_module.Trainer, "step", interrupt_at_two)
+    with pytest.raises(TrainingInterrupted, match="after step 2 of 4.*--resume"):
+        fit(tiny_config(disk_dataset, tmp_path), tmp_path / "b", progress=False)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 2
+    monkeypatch.setattr(train_module.Trainer, "step", real_step)
+    resumed = fit(None, tmp_path / "b", resume=True, progress=False)
+    assert resumed.steps == straight.steps == 4
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert a["best_val_loss"] == b["best_val_loss"]
+    assert len(resumed.history) == len(straight.history)
+
+
+def test_truncated_checkpoint_is_detected(disk_dataset, tmp_path):
+    fit(tiny_config(disk_dataset, tmp_path), tmp_path / "run", progress=False)
+    last = tmp_path / "run" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(PointcellInputError, match="corrupt or truncated"):
+        fit(None, tmp_path / "run", resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["step"] > 0
+
+
+def test_failed_save_keeps_the_previous_checkpoint(disk_dataset, tmp_path, monkeypatch):
+    fit(tiny_config(disk_dataset, tmp_path), tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def crash(obj, path):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    from pointcell.io.checkpoints import save_checkpoint
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "run" / "last.pt", {"step": 99})
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_existing_run_is_not_overwritten(disk_dataset, tmp_path):
+    fit(tiny_config(disk_dataset, tmp_path), tmp_path / "run", progress=False)
+    with pytest.raises(PointcellInputError, match="already holds a run"):
+        fit(tiny_config(disk_dataset, tmp_path), tmp_path / "run", progress=False)
+
+
+def test_small_images_zero_points_and_subsets_of_tasks(disk_dataset, tmp_path):
+    (disk_dataset / "points" / "img0.csv").write_text("x,y\n")  # zero cells: all background
+    config = tiny_config(
+        disk_dataset,
+        tmp_path,
+        patch_size=128,
+        tasks=("voronoi", "cluster"),
+        tasks_mode="uncertainty",
+    )  # 128 px patches on 96 px images: padded
+    result = fit(config, tmp_path / "run", progress=False)
+    assert result.steps == 4
+    assert np.isfinite(result.history[-1]["train_cluster"])
+    assert "train_repel" not in result.history[-1]
+
+
+def test_points_without_images_and_no_points_at_all(disk_dataset, tmp_path):
+    (disk_dataset / "points" / "orphan.csv").write_text("x,y\n1,1\n")
+    with pytest.raises(PointcellInputError, match="no image for points file"):
+        fit(tiny_config(disk_dataset, tmp_path), tmp_path / "run", progress=False)
+    empty = tmp_path / "nopoints"
+    empty.mkdir()
+    with pytest.raises(PointcellInputError, match="has a points file"), pytest.warns(Warning):
+        fit(
+            tiny_config(disk_dataset, tmp_path, points=str(empty)),
+            tmp_path / "run2",
+            progress=False,
+        )
+
+
+def test_epochs_are_converted_to_steps(disk_dataset, tmp_path):
+    config = tiny_config(disk_dataset, tmp_path, steps=None, epochs=2.0)
+    # 3 images of 96x96 at 0.5 µm/px, two in training: 2 * 9216 / 64^2 / 2 -> 3 steps/epoch
+    assert fit(config, tmp_path / "run", progress=False).steps == 6
+
+
+def test_presets_and_config_validation():
+    assert preset_config("paper", images="i", points="p").model.encoder == "resnet50"
+    assert preset_config("paper", images="i", points="p").steps == 60_900
+    assert preset_config("cpu", images="i", points="p", epochs=3).epochs == 3
+    with pytest.raises(PointcellInputError, match="unknown preset"):
+        preset_config("fast", images="i", points="p")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        TrainConfig(images="i", points="p", steps=1, patch_size=250)
+    with pytest.raises(ValueError, match="exactly one"):
+        TrainConfig(images="i", points="p")
