@@ -275,6 +275,154 @@ def train(
 
 @main.command()
 @click.option(
+    "--model", "model_path", required=True, help="Run folder (uses best.pt) or checkpoint file."
+)
+@click.option(
+    "--images",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Image file or folder; repeat for more.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder."
+)
+@_mpp_option
+@click.option(
+    "--instances",
+    type=click.Choice(["watershed", "connected"]),
+    help="Split the nucleus mask by a watershed from the detections (default) or "
+    "by connected components (the paper).",
+)
+@click.option("--min-area-um2", type=click.FloatRange(min=0), help="Smallest nucleus kept.")
+@click.option(
+    "--min-probability",
+    type=click.FloatRange(0, 1),
+    help="Smallest nucleus probability of a detection.",
+)
+@click.option("--tile-size", type=click.IntRange(min=32), default=512, show_default=True)
+@click.option("--overlap", type=click.IntRange(min=0), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--save-probability", is_flag=True, help="Also write the probability map.")
+@click.option("--overlay/--no-overlay", default=True, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+)
+def predict(
+    model_path: str,
+    images: tuple[Path, ...],
+    out: Path,
+    mpp: float | None,
+    instances: str | None,
+    min_area_um2: float | None,
+    min_probability: float | None,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    save_probability: bool,
+    overlay: bool,
+    device: str,
+    precision: str,
+) -> None:
+    """Detect and segment nuclei with a trained model."""
+    from dataclasses import replace
+
+    from pointcell.inference import load_predictor
+    from pointcell.predict import predict_images
+
+    if tile_size % 32 or overlap % 32 or overlap >= tile_size:
+        raise click.UsageError(
+            "--tile-size and --overlap must be multiples of 32, overlap smaller than the tile"
+        )
+    predictor = load_predictor(model_path, device=device, precision=precision)
+    changes = {
+        "instances": instances,
+        "min_area_um2": min_area_um2,
+        "min_probability": min_probability,
+    }
+    params = replace(predictor.postprocess, **{k: v for k, v in changes.items() if v is not None})
+    summaries = predict_images(
+        predictor,
+        list(images),
+        out,
+        mpp=mpp,
+        params=params,
+        tile=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        save_probability=save_probability,
+        overlay=overlay,
+    )
+    width = max(len(s.stem) for s in summaries)
+    click.echo(f"{'image':<{width}}  cells  model s  post s")
+    for s in summaries:
+        click.echo(f"{s.stem:<{width}}  {s.n_cells:5d}  {s.model_s:7.2f}  {s.postprocess_s:6.2f}")
+    click.echo(
+        f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s); outputs in {out}"
+    )
+
+
+@main.command()
+@click.option(
+    "--pred",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder written by pointcell predict.",
+)
+@click.option(
+    "--gt",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Ground truth: masks, Aperio XML, GeoJSON outlines, or points.",
+)
+@click.option(
+    "--radius-um",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Matching radius of detections.",
+)
+@_mpp_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON report (default: PRED/evaluation.json; a CSV is written beside it).",
+)
+def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Path | None) -> None:
+    """Score predictions: pixel ACC/F1, object Dice, AJI, PQ, detection P/R/F1, count CCC."""
+    from pointcell.evaluate import evaluate as run_evaluation
+    from pointcell.evaluate import write_report
+
+    report = run_evaluation(pred, gt, radius_um=radius_um, mpp=mpp)
+    json_path = out or pred / "evaluation.json"
+    write_report(report, json_path, json_path.with_suffix(".csv"))
+    keys = ["accuracy", "f1", "dice", "aji", "pq", "det_precision", "det_recall", "det_f1"]
+    shown = [k for k in keys if k in report.aggregate]
+    width = max(len(s) for s in report.per_image)
+    click.echo(f"{'image':<{width}}  " + "  ".join(f"{k:>13}" for k in shown))
+    for stem, row in report.per_image.items():
+        click.echo(
+            f"{stem:<{width}}  "
+            + "  ".join(f"{row[k]:13.3f}" if k in row else f"{'-':>13}" for k in shown)
+        )
+    click.echo(
+        f"{'aggregate':<{width}}  " + "  ".join(f"{report.aggregate[k]:13.3f}" for k in shown)
+    )
+    if "count_ccc" in report.aggregate:
+        agg = report.aggregate
+        click.echo(
+            f"count CCC {agg['count_ccc']:.3f} (95% CI {agg['count_ccc_low']:.3f}"
+            f"-{agg['count_ccc_high']:.3f})"
+        )
+    click.echo(f"report: {json_path}")
+
+
+@main.command()
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("pointcell-demo"),

@@ -38,7 +38,7 @@ from pointcell.encodings import EncodingParams
 from pointcell.errors import PointcellInputError
 from pointcell.io.atomic import atomic_output
 from pointcell.io.checkpoints import load_checkpoint, save_checkpoint
-from pointcell.io.pairing import pair_images_with_points
+from pointcell.io.pairing import ImagePointsPair, pair_images_with_points
 from pointcell.losses import TASKS, TaskCombiner, TasksMode, task_losses
 from pointcell.model import ENCODER_STRIDE, ModelConfig, build_model
 
@@ -201,14 +201,12 @@ def default_cache_dir() -> Path:
     return Path(root) / "pointcell" / "encodings"
 
 
-def prepare_dataset(config: TrainConfig, *, progress: bool) -> list[PreparedImage]:
-    pairs = pair_images_with_points(config.images, config.points)
-    if not pairs:
-        raise PointcellInputError(
-            f"no image in {config.images} has a points file in {config.points}"
-        )
+def prepare_dataset(
+    config: TrainConfig, pairs: list[ImagePointsPair], *, progress: bool
+) -> dict[str, PreparedImage]:
+    """Encode (or load from the cache) the given image/points pairs, keyed by stem."""
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    return [
+    prepared = [
         prepare_image(
             pair,
             working_mpp=config.working_mpp,
@@ -219,6 +217,7 @@ def prepare_dataset(config: TrainConfig, *, progress: bool) -> list[PreparedImag
         )
         for pair in tqdm(pairs, desc="encoding", unit="image", disable=not progress)
     ]
+    return {img.stem: img for img in prepared}
 
 
 def resolve_split(config: TrainConfig, stems: list[str]) -> dict[str, list[str]]:
@@ -380,9 +379,15 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", config.to_dict())
 
-    prepared = {img.stem: img for img in prepare_dataset(config, progress=progress)}
-    split = resolve_split(config, sorted(prepared))
+    pairs = pair_images_with_points(config.images, config.points)
+    if not pairs:
+        raise PointcellInputError(
+            f"no image in {config.images} has a points file in {config.points}"
+        )
+    split = resolve_split(config, sorted(p.stem for p in pairs))
     _write_json(run_dir / "split.json", split)
+    needed = set(split["train"]) | set(split["val"])
+    prepared = prepare_dataset(config, [p for p in pairs if p.stem in needed], progress=progress)
     train_images = [prepared[s] for s in split["train"]]
     val_images = [prepared[s] for s in split["val"]]
     if not val_images:

@@ -334,3 +334,36 @@ def write_points_geojson(path: str | os.PathLike[str], points: Points) -> None:
         tmp.write_text(
             json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8"
         )
+
+
+def read_polygons(path: str | os.PathLike[str]) -> list[np.ndarray]:
+    """Outlines (K, 2) as (x, y) from Aperio XML regions or GeoJSON (Multi)Polygon features.
+
+    Point features are skipped; a file without any outline gives an empty list.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".xml":
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as exc:
+            raise PointcellInputError(f"{path}: not valid XML ({exc})") from exc
+        outlines = []
+        for region in root.iter("Region"):
+            vertices = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+            if len(vertices) >= 3:
+                outlines.append(np.array(vertices))
+        return outlines
+    if suffix in (".geojson", ".json"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        features = data.get("features", []) if isinstance(data, dict) else data
+        outlines = []
+        for feature in features:
+            geometry = (feature or {}).get("geometry") or {}
+            if geometry.get("type") in ("Polygon", "MultiPolygon"):
+                shape = shapely.geometry.shape(geometry)
+                parts = getattr(shape, "geoms", [shape])
+                largest = max(parts, key=lambda part: part.area)
+                outlines.append(np.asarray(largest.exterior.coords))
+        return outlines
+    raise PointcellInputError(f"{path}: outlines can be read from .xml or .geojson only")

@@ -1,0 +1,205 @@
+"""Running a trained network on images of any size: tiling, blending and resampling.
+
+The image is resampled to the model's working pixel size, padded (by reflection) to a multiple
+of the encoder stride, and cut into overlapping tiles whose positions are multiples of the
+stride too, so that every tile sees the same pixel grid. Tile predictions are blended with
+weights that ramp down towards the tile edges, normalised by their sum. The nucleus probability
+is resampled back to the input size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from skimage.transform import resize
+from tqdm.auto import tqdm
+
+from pointcell.data import resample
+from pointcell.errors import PointcellInputError
+from pointcell.io.checkpoints import load_checkpoint
+from pointcell.model import ENCODER_STRIDE, NUCLEUS_CHANNEL, ModelConfig, build_model
+from pointcell.postprocess import PostprocessParams
+from pointcell.train import autocast_dtype, select_device
+
+
+@dataclass
+class Predictor:
+    """A network ready for inference, with what it needs to read images as it was trained."""
+
+    model: torch.nn.Module
+    mean: list[float]
+    std: list[float]
+    working_mpp: float
+    postprocess: PostprocessParams
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+    source: str
+
+    def autocast(self):  # noqa: ANN201
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def resolve_checkpoint(model: str | os.PathLike[str]) -> Path:
+    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
+    path = Path(model)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise PointcellInputError(f"{path}: run folder holds no best.pt or last.pt")
+    if not path.is_file():
+        raise PointcellInputError(f"{path}: no such model file or run folder")
+    return path
+
+
+def load_predictor(
+    model: str | os.PathLike[str], *, device: str = "auto", precision: str = "auto"
+) -> Predictor:
+    """Load a checkpoint (file or run folder) for inference."""
+    path = resolve_checkpoint(model)
+    state = load_checkpoint(path)
+    return predictor_from_state(state, device=device, precision=precision, source=str(path))
+
+
+def predictor_from_state(
+    state: dict[str, Any],
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    source: str = "<memory>",
+) -> Predictor:
+    try:
+        config = ModelConfig.from_dict(state["config"]["model"])
+        net = build_model(config)
+        net.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise PointcellInputError(
+            f"{source}: checkpoint does not hold a usable model ({exc})"
+        ) from exc
+    chosen = select_device(device)
+    net.to(chosen, memory_format=torch.channels_last).eval()
+    post = PostprocessParams(**state.get("postprocess", {}))
+    return Predictor(
+        net,
+        list(state["normalisation"]["mean"]),
+        list(state["normalisation"]["std"]),
+        float(state["working_mpp"]),
+        post,
+        chosen,
+        autocast_dtype(chosen, precision),
+        source,
+    )  # type: ignore[arg-type]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start positions covering ``length`` with tiles of ``tile`` every ``stride``."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """1-D tile weights: near zero on the outer half of the overlap (where zero padding inside
+    the network distorts predictions), a linear ramp over the inner half, 1 in between."""
+    weights = np.ones(tile, dtype=np.float32)
+    if overlap > 0:
+        margin = overlap // 2
+        ramp = (np.arange(overlap - margin, dtype=np.float32) + 1) / (overlap - margin + 1)
+        weights[:margin] = weights[tile - margin :] = 1e-3
+        weights[margin:overlap] = ramp
+        weights[tile - overlap : tile - margin] = ramp[::-1]
+    return weights
+
+
+def predict_probability(
+    predictor: Predictor,
+    image: np.ndarray,
+    *,
+    tile: int = 512,
+    overlap: int = 128,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> np.ndarray:
+    """Nucleus probability (H, W) float32 of an RGB image already at the working pixel size."""
+    if tile % ENCODER_STRIDE or overlap % ENCODER_STRIDE or overlap >= tile:
+        raise ValueError(
+            f"tile and overlap must be multiples of {ENCODER_STRIDE}, overlap smaller than tile"
+        )
+    h, w = image.shape[:2]
+    ph, pw = _round_up(h, ENCODER_STRIDE), _round_up(w, ENCODER_STRIDE)
+    padded = np.pad(
+        image, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge"
+    )
+    th, tw = min(tile, ph), min(tile, pw)
+    stride = tile - overlap
+    boxes = [(y, x) for y in tile_starts(ph, th, stride) for x in tile_starts(pw, tw, stride)]
+    weight = np.outer(
+        blend_weights(th, overlap if ph > th else 0), blend_weights(tw, overlap if pw > tw else 0)
+    )
+    total = np.zeros((ph, pw), np.float32)
+    norm = np.zeros((ph, pw), np.float32)
+    mean = torch.tensor(predictor.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(predictor.std, dtype=torch.float32).view(1, 3, 1, 1)
+    bar = tqdm(
+        total=len(boxes),
+        desc="tiles",
+        unit="tile",
+        leave=False,
+        disable=not progress or len(boxes) == 1,
+    )
+    for chunk in _chunks(boxes, batch_size):
+        batch = np.stack([padded[y : y + th, x : x + tw] for y, x in chunk])
+        tensor = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        tensor = tensor.to(predictor.device, memory_format=torch.channels_last)
+        with torch.inference_mode(), predictor.autocast():
+            logits = predictor.model(tensor)
+        probs = torch.softmax(logits.float(), dim=1)[:, NUCLEUS_CHANNEL].cpu().numpy()
+        for (y, x), prob in zip(chunk, probs, strict=True):
+            total[y : y + th, x : x + tw] += prob * weight
+            norm[y : y + th, x : x + tw] += weight
+        bar.update(len(chunk))
+    bar.close()
+    return (total / norm)[:h, :w]
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_image(
+    predictor: Predictor,
+    image: np.ndarray,
+    *,
+    mpp: float,
+    tile: int = 512,
+    overlap: int = 128,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> np.ndarray:
+    """Nucleus probability at the input's size: resample to the working pixel size, predict,
+    resample back (bilinear)."""
+    factor = mpp / predictor.working_mpp
+    working, _ = resample(image, np.empty((0, 2)), factor)
+    probability = predict_probability(
+        predictor, working, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
+    )
+    if probability.shape != image.shape[:2]:
+        probability = resize(
+            probability, image.shape[:2], order=1, preserve_range=True, anti_aliasing=False
+        ).astype(np.float32)
+    return probability

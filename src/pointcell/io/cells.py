@@ -1,0 +1,95 @@
+"""Writing predicted cells: a CSV table and QuPath-importable GeoJSON detections."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+from scipy import ndimage
+from skimage.measure import find_contours
+
+from pointcell.io.atomic import atomic_output
+from pointcell.postprocess import Cells
+
+CELL_CLASS = "Nucleus"
+CELL_COLOUR = [0, 200, 0]
+
+
+def write_cells_csv(path: str | os.PathLike[str], cells: Cells, *, mpp: float) -> None:
+    """One row per detected cell: id, x, y, area_px, area_um2, score, instance."""
+    areas = cells.areas()
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "x", "y", "area_px", "area_um2", "score", "instance"])
+        for index, ((x, y), area, score, label) in enumerate(
+            zip(cells.xy, areas, cells.score, cells.instance, strict=True), start=1
+        ):
+            writer.writerow(
+                [
+                    index,
+                    f"{x:.2f}",
+                    f"{y:.2f}",
+                    int(area),
+                    f"{area * mpp * mpp:.3f}",
+                    f"{score:.4f}",
+                    int(label),
+                ]
+            )
+
+
+def instance_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Outline (K, 2) as (x, y) of every instance, traced on its bounding box only."""
+    outlines = {}
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        crop = np.pad(labels[box] == index, 1).astype(np.float32)
+        contours = find_contours(crop, 0.5)
+        if not contours:
+            continue
+        contour = max(contours, key=len)
+        rc = contour - 1 + np.array([box[0].start, box[1].start])
+        outlines[index] = rc[:, ::-1]
+    return outlines
+
+
+def write_cells_geojson(path: str | os.PathLike[str], cells: Cells, *, mpp: float) -> None:
+    """QuPath detections: one Polygon feature per instance with its centre, score and area."""
+    outlines = instance_outlines(cells.labels)
+    areas = np.bincount(cells.labels.ravel())
+    best: dict[int, int] = {}
+    for row, label in enumerate(cells.instance):
+        if label and (label not in best or cells.score[row] > cells.score[best[label]]):
+            best[int(label)] = row
+    features = []
+    for label, outline in outlines.items():
+        ring = np.round(outline, 2).tolist()
+        if ring[0] != ring[-1]:
+            ring.append(ring[0])
+        if len(ring) < 4:
+            continue
+        row = best.get(label)
+        x, y = cells.xy[row] if row is not None else outline.mean(axis=0)
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {
+                    "objectType": "detection",
+                    "classification": {"name": CELL_CLASS, "color": CELL_COLOUR},
+                    "measurements": {
+                        "Centroid X px": round(float(x), 2),
+                        "Centroid Y px": round(float(y), 2),
+                        "Area px": int(areas[label]),
+                        "Area µm^2": round(float(areas[label] * mpp * mpp), 3),
+                        "Score": round(float(cells.score[row]), 4) if row is not None else 0.0,
+                    },
+                },
+            }
+        )
+    with atomic_output(path) as tmp:
+        tmp.write_text(
+            json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8"
+        )

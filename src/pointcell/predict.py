@@ -1,0 +1,142 @@
+"""The ``predict`` job: a model on many images, every output written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from skimage.segmentation import find_boundaries
+from tqdm.auto import tqdm
+
+from pointcell.errors import PointcellInputError
+from pointcell.inference import Predictor, predict_image
+from pointcell.io.atomic import atomic_output
+from pointcell.io.cells import write_cells_csv, write_cells_geojson
+from pointcell.io.images import (
+    IMAGE_SUFFIXES,
+    read_image,
+    resolve_mpp,
+    write_float_tiff,
+    write_label_tiff,
+    write_rgb_png,
+)
+from pointcell.overlay import draw_points
+from pointcell.postprocess import PostprocessParams, postprocess
+
+SUMMARY_FILE = "predictions.json"
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    stem: str
+    mpp: float
+    n_cells: int
+    model_s: float  # resampling and network
+    postprocess_s: float
+    megapixels: float
+
+
+def list_images(locations: list[str | os.PathLike[str]]) -> list[Path]:
+    """Image files from a mix of files and folders (sorted within each folder)."""
+    found: list[Path] = []
+    for location in map(Path, locations):
+        if location.is_dir():
+            found += sorted(
+                p
+                for p in location.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            )
+        elif location.is_file():
+            found.append(location)
+        else:
+            raise PointcellInputError(f"{location}: no such image file or folder")
+    if not found:
+        raise PointcellInputError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, locations))}"
+        )
+    stems = [p.stem for p in found]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise PointcellInputError(
+            f"several input images share the name {duplicates[0]!r}; outputs are named by file stem"
+        )
+    return found
+
+
+def cells_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """The image with instance outlines in green and detected centres in red."""
+    out = image.copy()
+    out[find_boundaries(labels, mode="inner")] = (60, 255, 60)
+    draw_points(out, xy, radius=2)
+    return out
+
+
+def predict_images(
+    predictor: Predictor,
+    images: list[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    mpp: float | None = None,
+    params: PostprocessParams | None = None,
+    tile: int = 512,
+    overlap: int = 128,
+    batch_size: int = 4,
+    save_probability: bool = False,
+    overlay: bool = True,
+    progress: bool = True,
+) -> list[PredictionSummary]:
+    """Predict every image and write ``out/<stem>.tif`` (instance labels, input size),
+    ``<stem>.csv`` and ``<stem>.geojson`` (cells), optionally ``<stem>_probability.tif`` and
+    ``<stem>_overlay.png``, and ``predictions.json`` (pixel sizes and timings)."""
+    out = Path(out)
+    params = params or predictor.postprocess
+    paths = list_images(images)
+    summaries = []
+    for path in tqdm(paths, desc="predicting", unit="image", disable=not progress):
+        loaded = read_image(path)
+        pixel_size = resolve_mpp(loaded, mpp)
+        start = time.perf_counter()
+        probability = predict_image(
+            predictor,
+            loaded.pixels,
+            mpp=pixel_size,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        modelled = time.perf_counter()
+        cells = postprocess(probability, mpp=pixel_size, params=params)
+        done = time.perf_counter()
+        stem = path.stem
+        write_label_tiff(out / f"{stem}.tif", cells.labels)
+        write_cells_csv(out / f"{stem}.csv", cells, mpp=pixel_size)
+        write_cells_geojson(out / f"{stem}.geojson", cells, mpp=pixel_size)
+        if save_probability:
+            write_float_tiff(out / f"{stem}_probability.tif", probability)
+        if overlay:
+            write_rgb_png(
+                out / f"{stem}_overlay.png", cells_overlay(loaded.pixels, cells.labels, cells.xy)
+            )
+        summaries.append(
+            PredictionSummary(
+                stem,
+                pixel_size,
+                len(cells.xy),
+                modelled - start,
+                done - modelled,
+                loaded.pixels.shape[0] * loaded.pixels.shape[1] / 1e6,
+            )
+        )
+    record = {
+        "model": predictor.source,
+        "postprocess": params.to_dict(),
+        "images": {s.stem: asdict(s) for s in summaries},
+    }
+    with atomic_output(out / SUMMARY_FILE) as tmp:
+        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return summaries
