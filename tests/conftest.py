@@ -79,3 +79,29 @@ def write_disk_dataset(folder: Path, n_images: int = 3, *, shape=(96, 96), mpp=0
 @pytest.fixture
 def disk_dataset(tmp_path) -> Path:
     return write_disk_dataset(tmp_path / "data")
+
+
+def small_checkpoint_state() -> dict:
+    """The minimal checkpoint content of an untrained small U-Net (ResNet18, thin decoder)."""
+    import torch
+
+    from pointcell.model import ModelConfig, build_model
+
+    config = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16))
+    torch.manual_seed(0)
+    return {
+        "config": {"model": config.to_dict()},
+        "model": build_model(config).state_dict(),
+        "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3},
+        "working_mpp": 0.5,
+        "postprocess": {"min_probability": 0.3},
+    }
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path) -> Path:
+    from pointcell.io.checkpoints import save_checkpoint
+
+    path = tmp_path / "small.pt"
+    save_checkpoint(path, small_checkpoint_state())
+    return path

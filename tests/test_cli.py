@@ -146,3 +146,37 @@ def test_train_needs_inputs_or_resume(tmp_path):
         ],
     )
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
+
+
+def test_predict_and_evaluate_commands(sample, small_checkpoint, tmp_path):
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            "--model",
+            str(small_checkpoint),
+            "--images",
+            str(sample / "images"),
+            "--out",
+            str(out),
+            "--instances",
+            "connected",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "cells in 2 image(s)" in result.output
+    evaluated = CliRunner().invoke(
+        main, ["evaluate", "--pred", str(out), "--gt", str(sample / "masks")]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "aggregate" in evaluated.output and "count CCC" in evaluated.output
+    assert (out / "evaluation.json").is_file() and (out / "evaluation.csv").is_file()
+
+
+def test_predict_rejects_bad_tiles_and_models(sample, tmp_path):
+    args = ["predict", "--images", str(sample / "images"), "--out", str(tmp_path)]
+    bad_tile = CliRunner().invoke(main, [*args, "--model", str(tmp_path), "--tile-size", "100"])
+    assert bad_tile.exit_code == 2 and "multiples of 32" in bad_tile.output
+    missing = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "none.pt")])
+    assert missing.exit_code == 1 and "no such model file" in missing.output

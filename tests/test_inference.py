@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import small_checkpoint_state as small_state
+from pointcell.errors import PointcellInputError
+from pointcell.inference import (
+    Predictor,
+    blend_weights,
+    load_predictor,
+    predict_image,
+    predict_probability,
+    predictor_from_state,
+    tile_starts,
+)
+from pointcell.io.checkpoints import CHECKPOINT_VERSION, save_checkpoint
+from pointcell.postprocess import PostprocessParams
+
+
+class PixelwiseNet(torch.nn.Module):
+    """A network without spatial context: tiling cannot change its output anywhere."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def pixelwise_predictor():
+    return Predictor(
+        PixelwiseNet().eval(),
+        [0.5] * 3,
+        [0.25] * 3,
+        0.5,
+        PostprocessParams(),
+        torch.device("cpu"),
+        None,
+        "test",
+    )
+
+
+def test_tile_starts_cover_the_image():
+    assert tile_starts(100, 128, 96) == [0]
+    assert tile_starts(320, 128, 96) == [0, 96, 192]
+    assert tile_starts(300, 128, 64) == [0, 64, 128, 172]
+
+
+def test_blend_weights_ramp_between_margin_and_centre():
+    w = blend_weights(256, 64)
+    assert w[0] == w[31] == pytest.approx(1e-3)
+    assert 0 < w[32] < w[63] < 1 and w[64] == w[191] == 1 and w[-1] == pytest.approx(1e-3)
+    assert (blend_weights(64, 0) == 1).all()
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(64, 32), (96, 64), (128, 32), (512, 128)])
+def test_tiling_is_exact_for_a_network_without_context(tile, overlap):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(150, 210, 3), dtype=np.uint8)
+    predictor = pixelwise_predictor()
+    tiled = predict_probability(predictor, image, tile=tile, overlap=overlap, batch_size=3)
+    whole = predict_probability(predictor, image, tile=512, overlap=0)
+    assert tiled.shape == (150, 210)
+    np.testing.assert_allclose(tiled, whole, atol=1e-6)
+
+
+def test_one_tile_equals_whole_image_inference():
+    predictor = predictor_from_state(small_state(), device="cpu", precision="fp32")
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, size=(90, 120, 3), dtype=np.uint8)
+    tiled = predict_probability(predictor, image, tile=256, overlap=64)
+    padded = np.pad(image, ((0, 6), (0, 8), (0, 0)), mode="reflect")  # to multiples of 32
+    tensor = (torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
+    with torch.inference_mode():
+        direct = torch.softmax(predictor.model(tensor), 1)[0, 1].numpy()[:90, :120]
+    np.testing.assert_allclose(tiled, direct, atol=1e-5)
+
+
+def test_predict_image_returns_the_input_size():
+    predictor = pixelwise_predictor()
+    image = np.full((101, 67, 3), 128, np.uint8)
+    assert predict_image(predictor, image, mpp=0.25).shape == (101, 67)
+
+
+def test_bad_tiling_arguments():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        predict_probability(pixelwise_predictor(), np.zeros((64, 64, 3), np.uint8), tile=100)
+
+
+def test_model_loading_errors(tmp_path):
+    with pytest.raises(PointcellInputError, match="no such model"):
+        load_predictor(tmp_path / "missing.pt")
+    with pytest.raises(PointcellInputError, match="holds no best.pt"):
+        load_predictor(tmp_path)
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    with pytest.raises(PointcellInputError, match="corrupt or truncated"):
+        load_predictor(tmp_path / "junk.pt")
+    torch.save(
+        {"format": "pointcell-checkpoint", "format_version": CHECKPOINT_VERSION + 1},
+        tmp_path / "future.pt",
+    )
+    with pytest.raises(PointcellInputError, match="format version 2 is not supported"):
+        load_predictor(tmp_path / "future.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(PointcellInputError, match="not a pointcell checkpoint"):
+        load_predictor(tmp_path / "other.pt")
+    broken = small_state()
+    broken["model"] = {"nonsense": torch.zeros(1)}
+    save_checkpoint(tmp_path / "broken.pt", broken)
+    with pytest.raises(PointcellInputError, match="does not hold a usable model"):
+        load_predictor(tmp_path / "broken.pt")
+
+
+def test_run_folder_loads_best_checkpoint(tmp_path):
+    save_checkpoint(tmp_path / "best.pt", small_state())
+    predictor = load_predictor(tmp_path, device="cpu")
+    assert predictor.source.endswith("best.pt") and predictor.working_mpp == 0.5

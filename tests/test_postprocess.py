@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from pointcell.postprocess import PostprocessParams, detect, instances, postprocess
+
+
+def blobs(centres_rc, shape=(60, 80), sigma=5.0):
+    """A probability map: the maximum of Gaussian bumps of height 0.95."""
+    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]]
+    maps = [np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * sigma**2)) for r, c in centres_rc]
+    return (0.95 * np.max(maps, axis=0)).astype(np.float32)
+
+
+def test_watershed_splits_touching_nuclei_connected_components_do_not():
+    prob = blobs([(30, 30), (30, 40)])  # 10 px apart: one connected mask (0.58 between)
+    params = PostprocessParams(min_area_um2=0)
+    split = postprocess(prob, mpp=0.5, params=params)
+    merged = postprocess(
+        prob, mpp=0.5, params=PostprocessParams(instances="connected", min_area_um2=0)
+    )
+    assert split.labels.max() == 2 and merged.labels.max() == 1
+    np.testing.assert_allclose(sorted(split.xy.tolist()), [[30, 30], [40, 30]])
+    assert set(split.instance.tolist()) == {1, 2}
+    assert len(merged.xy) == 2 and set(merged.instance.tolist()) == {1}
+
+
+def test_detections_respect_the_minimum_distance():
+    prob = blobs([(30, 30), (30, 34)], sigma=2.0)  # peaks 4 px = 1 µm apart at 0.25 µm/px
+    assert len(detect(prob, mpp=0.25, params=PostprocessParams())) == 1
+    assert (
+        len(detect(prob, mpp=0.25, params=PostprocessParams(min_distance_um=0.5, smooth_um=0))) == 2
+    )
+
+
+def test_detections_need_the_minimum_probability_and_the_mask():
+    prob = blobs([(30, 30)]) * 0.6 / 0.95  # peak 0.6
+    assert len(detect(prob, mpp=0.25, params=PostprocessParams(min_probability=0.7))) == 0
+    cells = postprocess(prob, mpp=0.5)
+    assert len(cells.xy) == 1
+    r, c = cells.xy[0, ::-1].astype(int)
+    assert cells.labels[r, c] == cells.instance[0] > 0
+    assert cells.score[0] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_small_objects_are_removed_with_their_detections():
+    prob = blobs([(30, 20), (30, 60)], sigma=5.0)
+    prob[:, 40:] = blobs([(30, 60)], sigma=1.0)[:, 40:]  # a tiny object on the right
+    params = PostprocessParams(min_area_um2=1.0)  # 16 px at 0.25 µm/px
+    cells = postprocess(prob, mpp=0.25, params=params)
+    assert cells.labels.max() == 1 and len(cells.xy) == 1
+    assert (np.bincount(cells.labels.ravel())[1:] >= 16).all()
+
+
+def test_every_instance_gets_a_detection():
+    prob = np.zeros((40, 40), np.float32)
+    prob[10:20, 10:20] = 0.8  # flat plateau: peak_local_max may still find it, or not
+    prob[25:35, 25:35] = 0.55
+    cells = postprocess(
+        prob, mpp=0.5, params=PostprocessParams(min_probability=0.6, min_area_um2=0)
+    )
+    assert cells.labels.max() == 2
+    assert sorted(set(cells.instance.tolist())) == [1, 2]
+    assert (cells.areas() == 100).all()
+
+
+def test_empty_map_gives_no_cells():
+    cells = postprocess(np.zeros((20, 20), np.float32), mpp=0.5)
+    assert cells.labels.max() == 0 and cells.xy.shape == (0, 2)
+
+
+def test_instances_are_numbered_consecutively():
+    prob = blobs([(15, 15), (15, 60), (45, 40)])
+    peaks = detect(prob, mpp=0.25, params=PostprocessParams())
+    labels = instances(prob, peaks, mpp=0.25, params=PostprocessParams())
+    assert np.unique(labels).tolist() == [0, 1, 2, 3]
+
+
+def test_bad_instance_method():
+    with pytest.raises(ValueError, match="watershed"):
+        PostprocessParams(instances="stardist")

@@ -1,0 +1,52 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from pointcell.errors import PointcellInputError
+from pointcell.inference import load_predictor
+from pointcell.predict import list_images, predict_images
+
+
+def test_predict_writes_every_output(sample, small_checkpoint, tmp_path):
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    summaries = predict_images(
+        predictor, [sample / "images"], tmp_path, save_probability=True, progress=False
+    )
+    assert [s.mpp for s in summaries] == [0.25, 0.25]
+    for s in summaries:
+        labels = tifffile.imread(tmp_path / f"{s.stem}.tif")
+        assert labels.shape == (256, 256) and labels.dtype == np.uint16
+        probability = tifffile.imread(tmp_path / f"{s.stem}_probability.tif")
+        assert probability.shape == (256, 256) and 0 <= probability.min() <= probability.max() <= 1
+        with open(tmp_path / f"{s.stem}.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert list(rows[0]) == ["id", "x", "y", "area_px", "area_um2", "score", "instance"]
+        assert len(rows) == s.n_cells
+        for row in rows:
+            x, y, label = float(row["x"]), float(row["y"]), int(row["instance"])
+            assert labels[int(y), int(x)] == label > 0  # every centre lies in its nucleus
+            assert float(row["area_um2"]) == pytest.approx(int(row["area_px"]) * 0.0625, abs=1e-3)
+        geo = json.loads((tmp_path / f"{s.stem}.geojson").read_text())
+        assert geo["type"] == "FeatureCollection" and geo["features"]
+        feature = geo["features"][0]
+        assert feature["properties"]["objectType"] == "detection"
+        ring = feature["geometry"]["coordinates"][0]
+        assert feature["geometry"]["type"] == "Polygon" and ring[0] == ring[-1]
+        assert (tmp_path / f"{s.stem}_overlay.png").is_file()
+    record = json.loads((tmp_path / "predictions.json").read_text())
+    assert set(record["images"]) == {s.stem for s in summaries}
+
+
+def test_list_images_errors(tmp_path):
+    with pytest.raises(PointcellInputError, match="no such image"):
+        list_images([tmp_path / "missing.png"])
+    with pytest.raises(PointcellInputError, match="no images"):
+        list_images([tmp_path])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"")
+    (tmp_path / "x.tif").write_bytes(b"")
+    with pytest.raises(PointcellInputError, match="share the name 'x'"):
+        list_images([tmp_path / "a", tmp_path / "x.tif"])
