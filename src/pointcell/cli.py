@@ -423,6 +423,41 @@ def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Pat
 
 @main.command()
 @click.option(
+    "--images",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Image file or folder; repeat for more.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (same layout as predict).",
+)
+@_mpp_option
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0),
+    help="Hematoxylin optical density threshold (default: Otsu per image).",
+)
+@click.option("--overlay/--no-overlay", default=True, show_default=True)
+def baseline(
+    images: tuple[Path, ...], out: Path, mpp: float | None, threshold: float | None, overlay: bool
+) -> None:
+    """Training-free floor: hematoxylin threshold and distance watershed (as QuPath does)."""
+    from pointcell.baseline import WatershedParams, segment_without_training
+
+    summaries = segment_without_training(
+        list(images), out, mpp=mpp, overlay=overlay, params=WatershedParams(threshold=threshold)
+    )
+    click.echo(
+        f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s); outputs in {out}"
+    )
+
+
+@main.command()
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("pointcell-demo"),

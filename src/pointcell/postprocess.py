@@ -100,10 +100,11 @@ def instances(
         # parts of the mask without a detection keep their own label
         unseeded, n_unseeded = ndimage.label(mask & (labels == 0))
         labels = np.where(unseeded > 0, unseeded + len(peaks_rc), labels)
-    return _remove_small(labels, params.min_area_um2 / mpp**2)
+    return remove_small_objects(labels, params.min_area_um2 / mpp**2)
 
 
-def _remove_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
+def remove_small_objects(labels: np.ndarray, min_area_px: float) -> np.ndarray:
+    """Drop instances smaller than ``min_area_px`` and renumber the rest 1..n."""
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_area_px
     keep[0] = False

@@ -25,7 +25,7 @@ from pointcell.io.images import (
     write_rgb_png,
 )
 from pointcell.overlay import draw_points
-from pointcell.postprocess import PostprocessParams, postprocess
+from pointcell.postprocess import Cells, PostprocessParams, postprocess
 
 SUMMARY_FILE = "predictions.json"
 
@@ -73,6 +73,40 @@ def cells_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray) -> np.n
     out[find_boundaries(labels, mode="inner")] = (60, 255, 60)
     draw_points(out, xy, radius=2)
     return out
+
+
+def write_prediction(
+    out: Path,
+    stem: str,
+    image: np.ndarray,
+    cells: Cells,
+    *,
+    mpp: float,
+    probability: np.ndarray | None = None,
+    overlay: bool = True,
+) -> None:
+    """Write the outputs of one image: labels TIFF, cells CSV and GeoJSON, optional
+    probability map and overlay."""
+    write_label_tiff(out / f"{stem}.tif", cells.labels)
+    write_cells_csv(out / f"{stem}.csv", cells, mpp=mpp)
+    write_cells_geojson(out / f"{stem}.geojson", cells, mpp=mpp)
+    if probability is not None:
+        write_float_tiff(out / f"{stem}_probability.tif", probability)
+    if overlay:
+        write_rgb_png(out / f"{stem}_overlay.png", cells_overlay(image, cells.labels, cells.xy))
+
+
+def write_summary(
+    out: Path, source: str, settings: dict[str, object], summaries: list[PredictionSummary]
+) -> None:
+    """``predictions.json``: what produced the folder, and per-image pixel sizes and timings;
+    images predicted earlier into the same folder are kept."""
+    path = out / SUMMARY_FILE
+    images = json.loads(path.read_text())["images"] if path.is_file() else {}
+    images.update({s.stem: asdict(s) for s in summaries})
+    record = {"model": source, "settings": settings, "images": images}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
 def predict_images(
