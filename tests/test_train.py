@@ -7,6 +7,7 @@ from pointcell import train as train_module
 from pointcell.data import NO_AUGMENT, PatchSampler, PreparedImage, channel_stats
 from pointcell.encodings import encode
 from pointcell.errors import PointcellInputError
+from pointcell.inference import load_predictor
 from pointcell.io.checkpoints import load_checkpoint
 from pointcell.model import ModelConfig
 from pointcell.train import TrainConfig, Trainer, TrainingInterrupted, fit, preset_config
@@ -33,7 +34,13 @@ def tiny_config(data, tmp_path, **changes):
 
 
 def test_run_folder_contents(disk_dataset, tmp_path):
-    result = fit(tiny_config(disk_dataset, tmp_path), tmp_path / "run", progress=False)
+    config = tiny_config(disk_dataset, tmp_path, snapshot_every=2)
+    result = fit(config, tmp_path / "run", progress=False)
+    snapshots = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert snapshots == ["step-000002.pt", "step-000004.pt"]
+    assert "optimizer" not in load_checkpoint(tmp_path / "run" / "snapshots" / snapshots[0])
+    assert load_predictor(tmp_path / "run" / "snapshots" / snapshots[0], device="cpu")
+    assert 0 <= result.history[0]["val_det_f1"] <= 1
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {
         "config.json",
@@ -46,7 +53,8 @@ def test_run_folder_contents(disk_dataset, tmp_path):
     assert "val_loss" in result.history[0]
     state = load_checkpoint(run / "last.pt")
     assert state["step"] == 4 and len(state["normalisation"]["mean"]) == 3
-    assert TrainConfig.from_dict(state["config"]) == tiny_config(disk_dataset, tmp_path)
+    assert TrainConfig.from_dict(state["config"]) == config
+    assert state["elapsed_s"] > 0 and state["best_metric"] == "val_det_f1"
 
 
 @pytest.mark.parametrize(("optimizer", "factor"), [("adam", 10.0), ("ranger", 1.5)])
@@ -55,7 +63,9 @@ def test_overfits_one_synthetic_image(optimizer, factor):
     with Adam; Ranger's RAdam warm-up makes it slower, 2.2x)."""
     tile = make_disks([(16, 16), (44, 20), (24, 46), (48, 48)], shape=(64, 64), mpp=0.5)
     enc = encode(tile.image, tile.centres_xy, mpp=0.5)
-    image = PreparedImage("one", tile.image, enc.voronoi, enc.cluster, enc.filtered_repel, 4)
+    image = PreparedImage(
+        "one", tile.image, enc.voronoi, enc.cluster, enc.filtered_repel, tile.centres_xy
+    )
     mean, std = channel_stats([image.image])
     config = TrainConfig(
         images="-",
@@ -99,7 +109,7 @@ def test_resume_after_interrupt_gives_identical_weights(disk_dataset, tmp_path, 
     b = load_checkpoint(tmp_path / "b" / "last.pt")
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
-    assert a["best_val_loss"] == b["best_val_loss"]
+    assert a["best_score"] == b["best_score"]
     assert len(resumed.history) == len(straight.history)
 
 

@@ -180,6 +180,11 @@ def labels(
 )
 @click.option("--val-every", type=click.IntRange(min=1), help="Validate every N steps.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Write last.pt every N steps.")
+@click.option(
+    "--snapshot-every",
+    type=click.IntRange(min=1),
+    help="Also keep the weights every N steps in RUN/snapshots (for learning curves).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
 @click.option(
     "--precision",
@@ -217,6 +222,7 @@ def train(
     split_file: Path | None,
     val_every: int | None,
     checkpoint_every: int | None,
+    snapshot_every: int | None,
     device: str,
     precision: str,
     cache_dir: Path | None,
@@ -253,6 +259,7 @@ def train(
                 "split": json.loads(split_file.read_text()) if split_file else None,
                 "val_every": val_every,
                 "checkpoint_every": checkpoint_every,
+                "snapshot_every": snapshot_every,
                 "device": device,
                 "precision": precision,
                 "cache_dir": str(cache_dir) if cache_dir else None,
@@ -266,9 +273,9 @@ def train(
             result = fit(config, out)
     except TrainingInterrupted as exc:
         raise click.ClickException(str(exc)) from exc
-    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+    best = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
     click.echo(
-        f"trained {result.steps} steps; best validation loss {best}; "
+        f"trained {result.steps} steps; best validation detection F1 {best}; "
         f"checkpoints in {result.run_dir}"
     )
 

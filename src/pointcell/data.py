@@ -32,7 +32,7 @@ from pointcell.io.pairing import ImagePointsPair
 from pointcell.io.points import read_points
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,11 @@ class PreparedImage:
     voronoi: np.ndarray  # uint8 labels
     cluster: np.ndarray  # uint8 labels
     repel: np.ndarray  # float32 filtered repel
-    n_points: int
+    points_xy: np.ndarray  # (N, 2) clicks at the working pixel size
+
+    @property
+    def n_points(self) -> int:
+        return len(self.points_xy)
 
 
 def resample(
@@ -105,16 +109,14 @@ def prepare_image(
                         data["voronoi"],
                         data["cluster"],
                         data["repel"],
-                        int(data["n_points"]),
+                        data["points_xy"],
                     )
             except (OSError, KeyError, ValueError, zipfile.BadZipFile):
                 log.warning("ignoring unreadable cache file %s", cached)
     points = read_points(pair.points, image_shape=image.shape, clip=clip)
     pixels, xy = resample(image.pixels, points.xy, pixel_size / working_mpp)
     enc = encode(pixels, xy, mpp=working_mpp, params=params)
-    prepared = PreparedImage(
-        pair.stem, pixels, enc.voronoi, enc.cluster, enc.filtered_repel, len(points)
-    )
+    prepared = PreparedImage(pair.stem, pixels, enc.voronoi, enc.cluster, enc.filtered_repel, xy)
     if cached is not None:
         with atomic_output(cached) as tmp:
             np.savez(
@@ -123,7 +125,7 @@ def prepare_image(
                 voronoi=prepared.voronoi,
                 cluster=prepared.cluster,
                 repel=prepared.repel,
-                n_points=prepared.n_points,
+                points_xy=prepared.points_xy,
             )
     return prepared
 

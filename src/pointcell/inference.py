@@ -22,11 +22,11 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from pointcell.data import resample
+from pointcell.device import autocast_dtype, select_device
 from pointcell.errors import PointcellInputError
 from pointcell.io.checkpoints import load_checkpoint
 from pointcell.model import ENCODER_STRIDE, NUCLEUS_CHANNEL, ModelConfig, build_model
 from pointcell.postprocess import PostprocessParams
-from pointcell.train import autocast_dtype, select_device
 
 
 @dataclass

@@ -34,16 +34,21 @@ from pointcell.data import (
     prepare_image,
     split_stems,
 )
+from pointcell.device import Precision, autocast_dtype, select_device
 from pointcell.encodings import EncodingParams
 from pointcell.errors import PointcellInputError
+from pointcell.inference import Predictor, predict_probability
 from pointcell.io.atomic import atomic_output
 from pointcell.io.checkpoints import load_checkpoint, save_checkpoint
 from pointcell.io.pairing import ImagePointsPair, pair_images_with_points
 from pointcell.losses import TASKS, TaskCombiner, TasksMode, task_losses
+from pointcell.metrics import DetectionScores, detection_scores
 from pointcell.model import ENCODER_STRIDE, ModelConfig, build_model
+from pointcell.postprocess import PostprocessParams, postprocess
 
 log = logging.getLogger(__name__)
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+VALIDATION_RADIUS_UM = 3.0
+BEST_METRIC = "val_det_f1"  # best.pt: highest detection F1 on the validation clicks
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class TrainConfig:
     device: str = "auto"
     precision: Precision = "auto"
     cache_dir: str | None = None  # default: ~/.cache/pointcell/encodings
+    snapshot_every: int | None = None  # keep the weights every N steps (learning curves)
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -143,46 +149,12 @@ def preset_config(name: str, **overrides: Any) -> TrainConfig:
 class TrainResult:
     run_dir: Path
     steps: int
-    best_val_loss: float | None
+    best_score: float | None  # best validation detection F1
     history: list[dict[str, float]] = field(default_factory=list)
 
 
 class TrainingInterrupted(Exception):
     """Training stopped by Ctrl-C after saving ``last.pt``."""
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), where autocast pays."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
-    """The autocast dtype for a device (None = fp32): bf16 on capable CPUs and GPUs, fp16 on
-    older GPUs."""
-    if precision == "fp32":
-        return None
-    if precision in ("bf16", "fp16"):
-        return torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_bf16():
-        return torch.bfloat16
-    return None
 
 
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:  # noqa: ANN001
@@ -304,23 +276,68 @@ class Trainer:
             count += len(batch)
         result = {f"val_{k}": v / count for k, v in sums.items()}
         result["val_loss"] = sum(result.values()) / len(TASKS)
+        result["val_det_f1"] = self.detection_f1(images)
         return result
 
-    def state(self, step: int, total: int, best: float | None) -> dict[str, Any]:
-        return {
+    def predictor(self) -> Predictor:
+        """The network being trained, wrapped for whole-image inference."""
+        return Predictor(
+            self.model,
+            self.mean,
+            self.std,
+            self.config.working_mpp,
+            PostprocessParams(),
+            self.device,
+            self.dtype,
+            "training",
+        )
+
+    def detection_f1(self, images: list[PreparedImage]) -> float:
+        """Pooled detection F1 against the validation clicks (3 µm radius): a model-selection
+        score that needs nothing but points."""
+        predictor = self.predictor()
+        mpp = self.config.working_mpp
+        pooled = DetectionScores(0, 0, 0)
+        for img in images:
+            probability = predict_probability(
+                predictor, img.image, batch_size=self.config.batch_size
+            )
+            cells = postprocess(probability, mpp=mpp, params=predictor.postprocess)
+            pooled = pooled + detection_scores(
+                img.points_xy, cells.xy, radius=VALIDATION_RADIUS_UM / mpp
+            )
+        return pooled.f1
+
+    def state(
+        self,
+        step: int,
+        total: int,
+        best: float | None,
+        elapsed_s: float,
+        *,
+        weights_only: bool = False,
+    ) -> dict[str, Any]:
+        """Checkpoint content; ``weights_only`` leaves out what only resuming needs."""
+        state = {
             "config": self.config.to_dict(),
             "pointcell_version": __version__,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "combiner": self.combiner.state_dict(),
-            "scaler": self.scaler.state_dict(),
             "step": step,
             "total_steps": total,
-            "best_val_loss": best,
+            "elapsed_s": elapsed_s,
+            "best_score": best,
+            "best_metric": BEST_METRIC,
             "normalisation": {"mean": self.mean, "std": self.std},
             "working_mpp": self.config.working_mpp,
-            "torch_rng": torch.get_rng_state(),
         }
+        if not weights_only:
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                combiner=self.combiner.state_dict(),
+                scaler=self.scaler.state_dict(),
+                torch_rng=torch.get_rng_state(),
+            )
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -407,12 +424,21 @@ def fit(
         seed=config.seed,
     )
     total = total_steps(config, train_images)
-    start, best = 0, None
+    at = _Progress(step=0, elapsed_s=0.0, best=None)
     if state is not None:
         trainer.load_state(state)
-        start, best = int(state["step"]), state["best_val_loss"]
-    history = _read_metrics(run_dir / "metrics.csv", start)
-    return _loop(trainer, sampler, val_images, run_dir, start, total, best, history, progress)
+        at = _Progress(int(state["step"]), float(state["elapsed_s"]), state["best_score"])
+    history = _read_metrics(run_dir / "metrics.csv", at.step)
+    return _loop(trainer, sampler, val_images, run_dir, at, total, history, progress)
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: steps done, wall time spent, best validation score so far."""
+
+    step: int
+    elapsed_s: float
+    best: float | None
 
 
 def _loop(
@@ -420,27 +446,31 @@ def _loop(
     sampler: PatchSampler,
     val_images: list[PreparedImage],
     run_dir: Path,
-    start: int,
+    progress_state: _Progress,
     total: int,
-    best: float | None,
     history: list[dict[str, float]],
     progress: bool,
 ) -> TrainResult:
     config = trainer.config
     running: dict[str, list[float]] = {task: [] for task in config.tasks}
-    step = start
-    started = time.perf_counter()
-    bar = tqdm(total=total, initial=start, desc="training", unit="step", disable=not progress)
+    at = progress_state
+    offset = at.elapsed_s - time.perf_counter()
+    bar = tqdm(total=total, initial=at.step, desc="training", unit="step", disable=not progress)
+
+    def save(path: Path, **extra: Any) -> None:
+        at.elapsed_s = time.perf_counter() + offset
+        save_checkpoint(path, trainer.state(at.step, total, at.best, at.elapsed_s, **extra))
+
     try:
-        while step < total:
-            images, targets = sampler.batch(step)
-            for task, value in trainer.step(step, images, targets).items():
+        while at.step < total:
+            images, targets = sampler.batch(at.step)
+            for task, value in trainer.step(at.step, images, targets).items():
                 running[task].append(value)
-            step += 1
+            at.step += 1
             bar.update(1)
             bar.set_postfix({t: f"{np.mean(v[-20:]):.3f}" for t, v in running.items() if v})
-            if step % config.val_every == 0 or step == total:
-                row = {"step": float(step), "elapsed_s": time.perf_counter() - started}
+            if at.step % config.val_every == 0 or at.step == total:
+                row = {"step": float(at.step), "elapsed_s": time.perf_counter() + offset}
                 row.update(
                     {f"train_{t}": float(np.mean(v)) if v else math.nan for t, v in running.items()}
                 )
@@ -449,23 +479,25 @@ def _loop(
                     row.update(trainer.validate(val_images))
                 history.append(row)
                 _write_metrics(run_dir / "metrics.csv", history)
-                score = row.get("val_loss")
-                if score is not None and (best is None or score < best):
-                    best = score
-                    save_checkpoint(run_dir / "best.pt", trainer.state(step, total, best))
-            if step % config.checkpoint_every == 0 or step == total:
-                save_checkpoint(run_dir / "last.pt", trainer.state(step, total, best))
+                score = row.get(BEST_METRIC)
+                if score is not None and (at.best is None or score > at.best):
+                    at.best = score
+                    save(run_dir / "best.pt")
+            if config.snapshot_every and at.step % config.snapshot_every == 0:
+                save(run_dir / "snapshots" / f"step-{at.step:06d}.pt", weights_only=True)
+            if at.step % config.checkpoint_every == 0 or at.step == total:
+                save(run_dir / "last.pt")
     except KeyboardInterrupt:
-        save_checkpoint(run_dir / "last.pt", trainer.state(step, total, best))
+        save(run_dir / "last.pt")
         raise TrainingInterrupted(
-            f"interrupted after step {step} of {total}; continue with "
+            f"interrupted after step {at.step} of {total}; continue with "
             f"`pointcell train --resume {run_dir}`"
         ) from None
     finally:
         bar.close()
     if not val_images:
-        save_checkpoint(run_dir / "best.pt", trainer.state(step, total, best))
-    return TrainResult(run_dir=run_dir, steps=step, best_val_loss=best, history=history)
+        save(run_dir / "best.pt")
+    return TrainResult(run_dir=run_dir, steps=at.step, best_score=at.best, history=history)
 
 
 def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
