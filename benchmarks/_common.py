@@ -32,11 +32,22 @@ def provenance() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     return (
         f"commit `{commit}`, {os.cpu_count()} CPU cores ({cpu}), Python "
         f"{platform.python_version()}, {datetime.date.today().isoformat()}"
     )
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (platform.processor() is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_result(name: str, text: str) -> Path:

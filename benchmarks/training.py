@@ -8,7 +8,6 @@ Uses the bundled sample (the loader cost does not depend on the data set). Write
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance, write_result  # noqa: E402
+from _common import cpu_name, provenance, write_result  # noqa: E402
 from pointcell.data import PatchSampler, channel_stats, prepare_image  # noqa: E402
 from pointcell.encodings import EncodingParams  # noqa: E402
 from pointcell.io.pairing import pair_images_with_points  # noqa: E402
@@ -88,7 +87,7 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
     device = rows[0]["device"]
-    hardware = torch.cuda.get_device_name() if device == "cuda" else platform.processor()
+    hardware = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     lines = [
         f"# Training throughput ({device}: {hardware}, {torch.get_num_threads()} threads)",
         "",

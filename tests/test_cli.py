@@ -23,10 +23,11 @@ def test_labels_command(sample, tmp_path):
     assert len(list((tmp_path / "overlay").glob("*.png"))) == 2
 
 
-def test_png_without_pixel_size_needs_mpp(tmp_path):
+def tiny_labels_job(tmp_path, points_csv: str) -> list[str]:
+    """``pointcell labels`` arguments for a 32x32 PNG (no pixel size) and the given CSV."""
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a.png")
-    (tmp_path / "a.csv").write_text("x,y\n10,10\n")
-    args = [
+    (tmp_path / "a.csv").write_text(points_csv)
+    return [
         "labels",
         "--images",
         str(tmp_path / "a.png"),
@@ -35,6 +36,10 @@ def test_png_without_pixel_size_needs_mpp(tmp_path):
         "--out",
         str(tmp_path / "out"),
     ]
+
+
+def test_png_without_pixel_size_needs_mpp(tmp_path):
+    args = tiny_labels_job(tmp_path, "x,y\n10,10\n")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "a.png: the file does not record its pixel size; pass --mpp" in result.output
@@ -43,41 +48,15 @@ def test_png_without_pixel_size_needs_mpp(tmp_path):
 
 
 def test_bad_points_give_one_clear_line(tmp_path):
-    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a.png")
-    (tmp_path / "a.csv").write_text("x,y\n10,oops\n")
-    result = CliRunner().invoke(
-        main,
-        [
-            "labels",
-            "--images",
-            str(tmp_path / "a.png"),
-            "--points",
-            str(tmp_path / "a.csv"),
-            "--mpp",
-            "0.5",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-    )
+    args = tiny_labels_job(tmp_path, "x,y\n10,oops\n")
+    result = CliRunner().invoke(main, [*args, "--mpp", "0.5"])
     assert result.exit_code == 1
     assert "a.csv, line 2: column 'y' is 'oops', not a number" in result.output
     assert not (tmp_path / "out" / "voronoi").exists()
 
 
 def test_clip_option_drops_outside_points(tmp_path):
-    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a.png")
-    (tmp_path / "a.csv").write_text("x,y\n10,10\n50,10\n")
-    args = [
-        "labels",
-        "--images",
-        str(tmp_path / "a.png"),
-        "--points",
-        str(tmp_path / "a.csv"),
-        "--mpp",
-        "0.5",
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    args = [*tiny_labels_job(tmp_path, "x,y\n10,10\n50,10\n"), "--mpp", "0.5"]
     assert "outside the 32x32 image" in CliRunner().invoke(main, args).output
     result = CliRunner().invoke(main, [*args, "--clip"])
     assert result.exit_code == 0

@@ -63,6 +63,35 @@ def _encoding_options(function):  # noqa: ANN001, ANN202
     )(function)
 
 
+def _many_images_option(function):  # noqa: ANN001, ANN202
+    return click.option(
+        "--images",
+        required=True,
+        multiple=True,
+        type=click.Path(exists=True, path_type=Path),
+        help="Image file or folder; repeat for more.",
+    )(function)
+
+
+def _output_folder_option(help_text: str = "Output folder."):  # noqa: ANN202
+    return click.option(
+        "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help=help_text
+    )
+
+
+def _device_options(function):  # noqa: ANN001, ANN202
+    function = click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+        default="auto",
+        show_default=True,
+        help="auto: bf16 autocast on GPUs and bf16-capable CPUs, else fp32.",
+    )(function)
+    return click.option(
+        "--device", default="auto", show_default=True, help="auto, cpu, cuda, mps."
+    )(function)
+
+
 @main.command()
 @click.option(
     "--images",
@@ -77,9 +106,7 @@ def _encoding_options(function):  # noqa: ANN001, ANN202
     help="Points file or folder (CSV, GeoJSON, Aperio XML or label masks), "
     "matched to images by file name.",
 )
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder."
-)
+@_output_folder_option()
 @_mpp_option
 @click.option("--clip", is_flag=True, help="Drop points outside the image instead of failing.")
 @_encoding_options
@@ -185,14 +212,7 @@ def labels(
     type=click.IntRange(min=1),
     help="Also keep the weights every N steps in RUN/snapshots (for learning curves).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 autocast on GPUs and bf16-capable CPUs, else fp32.",
-)
+@_device_options
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -284,16 +304,8 @@ def train(
 @click.option(
     "--model", "model_path", required=True, help="Run folder (uses best.pt) or checkpoint file."
 )
-@click.option(
-    "--images",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="Image file or folder; repeat for more.",
-)
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder."
-)
+@_many_images_option
+@_output_folder_option()
 @_mpp_option
 @click.option(
     "--instances",
@@ -312,13 +324,7 @@ def train(
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--save-probability", is_flag=True, help="Also write the probability map.")
 @click.option("--overlay/--no-overlay", default=True, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-)
+@_device_options
 def predict(
     model_path: str,
     images: tuple[Path, ...],
@@ -429,19 +435,8 @@ def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Pat
 
 
 @main.command()
-@click.option(
-    "--images",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="Image file or folder; repeat for more.",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder (same layout as predict).",
-)
+@_many_images_option
+@_output_folder_option("Output folder (same layout as predict).")
 @_mpp_option
 @click.option(
     "--threshold",
