@@ -208,6 +208,10 @@ def labels(
 @click.option("--val-every", type=click.IntRange(min=1), help="Validate every N steps.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Write last.pt every N steps.")
 @click.option(
+    "--init-from",
+    help="Fine-tune a shipped model (pointcell-he) or a checkpoint instead of starting afresh.",
+)
+@click.option(
     "--snapshot-every",
     type=click.IntRange(min=1),
     help="Also keep the weights every N steps in RUN/snapshots (for learning curves).",
@@ -242,6 +246,7 @@ def train(
     split_file: Path | None,
     val_every: int | None,
     checkpoint_every: int | None,
+    init_from: str | None,
     snapshot_every: int | None,
     device: str,
     precision: str,
@@ -286,6 +291,11 @@ def train(
             }
             if encoder:
                 overrides["model"] = ModelConfig(encoder=encoder)
+            if init_from:
+                from pointcell.pretrained import model_config_of
+
+                overrides["init_from"] = init_from
+                overrides.setdefault("model", model_config_of(init_from))
             try:
                 config = preset_config(preset, **overrides)
             except ValueError as exc:
@@ -456,6 +466,29 @@ def baseline(
     click.echo(
         f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s); outputs in {out}"
     )
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, help="Run folder or checkpoint file.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Model file to write (.pt).",
+)
+@click.option(
+    "--half/--full",
+    default=True,
+    show_default=True,
+    help="Store the weights in fp16 (half the size) or fp32.",
+)
+def export(model_path: str, out: Path, half: bool) -> None:
+    """Write a compact model file (weights only) from a run, for sharing or shipping."""
+    from pointcell.inference import resolve_checkpoint
+    from pointcell.pretrained import export_model
+
+    written = export_model(resolve_checkpoint(model_path), out, half=half)
+    click.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
 
 
 @main.command()

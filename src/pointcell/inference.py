@@ -27,6 +27,7 @@ from pointcell.errors import PointcellInputError
 from pointcell.io.checkpoints import load_checkpoint
 from pointcell.model import ENCODER_STRIDE, NUCLEUS_CHANNEL, ModelConfig, build_model
 from pointcell.postprocess import PostprocessParams
+from pointcell.pretrained import PRETRAINED, cast_state_to_float, pretrained_path
 
 
 @dataclass
@@ -49,7 +50,10 @@ class Predictor:
 
 
 def resolve_checkpoint(model: str | os.PathLike[str]) -> Path:
-    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
+    """A shipped model's name, a checkpoint file, or a run folder (its best, else last,
+    checkpoint)."""
+    if str(model) in PRETRAINED:
+        return pretrained_path(str(model))
     path = Path(model)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -80,7 +84,7 @@ def predictor_from_state(
     try:
         config = ModelConfig.from_dict(state["config"]["model"])
         net = build_model(config)
-        net.load_state_dict(state["model"])
+        net.load_state_dict(cast_state_to_float(state["model"]))
     except (KeyError, RuntimeError, TypeError) as exc:
         raise PointcellInputError(
             f"{source}: checkpoint does not hold a usable model ({exc})"

@@ -45,6 +45,7 @@ from pointcell.losses import TASKS, TaskCombiner, TasksMode, task_losses
 from pointcell.metrics import DetectionScores, detection_scores
 from pointcell.model import ENCODER_STRIDE, ModelConfig, build_model
 from pointcell.postprocess import PostprocessParams, postprocess
+from pointcell.pretrained import cast_state_to_float
 
 log = logging.getLogger(__name__)
 VALIDATION_RADIUS_UM = 3.0
@@ -81,6 +82,7 @@ class TrainConfig:
     precision: Precision = "auto"
     cache_dir: str | None = None  # default: ~/.cache/pointcell/encodings
     snapshot_every: int | None = None  # keep the weights every N steps (learning curves)
+    init_from: str | None = None  # start from a shipped model or checkpoint (fine-tuning)
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -215,12 +217,21 @@ def total_steps(config: TrainConfig, train_images: list[PreparedImage]) -> int:
 class Trainer:
     """Holds the model, optimizer and combiner of one run and performs its steps."""
 
-    def __init__(self, config: TrainConfig, *, mean: list[float], std: list[float]) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        mean: list[float],
+        std: list[float],
+        initial_weights: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.config = config
         self.device = select_device(config.device)
         self.dtype = autocast_dtype(self.device, config.precision)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, encoder_weights=config.encoder_weights)
+        if initial_weights is not None:
+            self.model.load_state_dict(cast_state_to_float(initial_weights))
         self.model.to(self.device, memory_format=torch.channels_last)
         self.combiner = TaskCombiner(config.tasks_mode, config.tasks).to(self.device)
         self.optimizer = make_optimizer(
@@ -347,6 +358,27 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
 
+def _initial_state(config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint to fine-tune from, checked against the run's architecture."""
+    if config.init_from is None:
+        return None
+    from pointcell.inference import resolve_checkpoint
+
+    state = load_checkpoint(resolve_checkpoint(config.init_from))
+    architecture = ModelConfig.from_dict(state["config"]["model"])
+    if architecture != config.model:
+        raise PointcellInputError(
+            f"--init-from {config.init_from} is a {architecture.encoder} U-Net but the run "
+            f"asks for {config.model.encoder}; drop --encoder to use the model's own"
+        )
+    if not math.isclose(float(state["working_mpp"]), config.working_mpp):
+        raise PointcellInputError(
+            f"--init-from {config.init_from} works at {state['working_mpp']} µm/px; pass "
+            f"--working-mpp {state['working_mpp']}"
+        )
+    return state
+
+
 def _write_json(path: Path, data: Any) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
@@ -409,11 +441,16 @@ def fit(
     val_images = [prepared[s] for s in split["val"]]
     if not val_images:
         log.warning("no validation images (fewer than 3 images); best.pt follows last.pt")
-    if state is not None:
-        mean, std = state["normalisation"]["mean"], state["normalisation"]["std"]
+    initial = _initial_state(config) if state is None else None
+    if state is not None or initial is not None:
+        # resuming, or fine-tuning: keep the normalisation the weights were trained with
+        norm = (state or initial)["normalisation"]
+        mean, std = norm["mean"], norm["std"]
     else:
         mean, std = channel_stats([img.image for img in train_images])
-    trainer = Trainer(config, mean=mean, std=std)
+    trainer = Trainer(
+        config, mean=mean, std=std, initial_weights=None if initial is None else initial["model"]
+    )
     sampler = PatchSampler(
         train_images,
         patch_size=config.patch_size,
