@@ -63,10 +63,14 @@ def test_clip_option_drops_outside_points(tmp_path):
     assert "a: 1 points" in result.output
 
 
-def test_demo_writes_overlays(tmp_path):
-    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path)])
+def test_demo_command_end_to_end(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--steps", "2"])
     assert result.exit_code == 0, result.output
+    assert "shipped model: AJI" in result.output and "report.html" in result.output
     assert len(list((tmp_path / "labels" / "overlay").glob("*.png"))) == 2
+    assert len(list((tmp_path / "predictions").glob("*_overlay.png"))) == 2
+    page = (tmp_path / "report.html").read_text()
+    assert "detection F1" in page and "predictions/" in page
 
 
 def test_train_and_resume_commands(tmp_path):

@@ -499,16 +499,27 @@ def export(model_path: str, out: Path, half: bool) -> None:
     show_default=True,
     help="Output folder.",
 )
-def demo(out: Path) -> None:
-    """Run pointcell on the bundled MoNuSeg sample (no network, no extra data)."""
-    from pointcell.labels import write_labels
-    from pointcell.sample import sample_dir
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Fine-tuning steps on the sample's clicks.",
+)
+def demo(out: Path, steps: int) -> None:
+    """Run pointcell on the bundled MoNuSeg sample (no network, no extra data): encode the
+    clicks, fine-tune the shipped model, predict, evaluate and write an HTML report."""
+    from pointcell.demo import REPORT_KEYS, run_demo
 
-    sample = sample_dir()
-    summaries = write_labels(sample / "images", sample / "points", out / "labels")
-    for s in summaries:
-        click.echo(f"{s.stem}: {s.n_points} points encoded")
-    click.echo(f"label maps and overlays in {out / 'labels'}; open {out / 'labels' / 'overlay'}")
+    result = run_demo(out, steps=steps)
+    for name, report in (("shipped model", result.before), ("fine-tuned", result.after)):
+        figures = ", ".join(
+            f"{label} {report.aggregate[key]:.3f}"
+            for key, label in REPORT_KEYS
+            if key in ("aji", "dice", "det_f1")
+        )
+        click.echo(f"{name}: {figures}")
+    click.echo(f"done in {result.seconds:.0f} s; open {result.report_html}")
 
 
 if __name__ == "__main__":  # pragma: no cover
