@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -535,8 +535,3 @@ def _loop(
     if not val_images:
         save(run_dir / "best.pt")
     return TrainResult(run_dir=run_dir, steps=at.step, best_score=at.best, history=history)
-
-
-def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of ``config`` with some fields replaced (None values are ignored)."""
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})
