@@ -312,7 +312,11 @@ def train(
 
 @main.command()
 @click.option(
-    "--model", "model_path", required=True, help="Run folder (uses best.pt) or checkpoint file."
+    "--model",
+    "model_path",
+    default="pointcell-he",
+    show_default=True,
+    help="Shipped model name, run folder (uses best.pt) or checkpoint file.",
 )
 @_many_images_option
 @_output_folder_option()
