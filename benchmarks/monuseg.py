@@ -29,9 +29,9 @@ MPP = "0.25"
 VARIANTS: dict[str, tuple[list[str] | None, list[str], str]] = {
     "floor": (None, [], "0. hematoxylin threshold + distance watershed (no training)"),
     "qu": (
-        ["--clustering", "global", "--tasks-mode", "sum"],
+        ["--clustering", "global", "--tasks", "voronoi,cluster", "--tasks-mode", "sum"],
         ["--instances", "connected"],
-        "1. Qu et al. 2019: global clustering + Voronoi + repel, summed losses",
+        "1. Qu et al. 2019: global clustering + Voronoi, summed losses (no repel)",
     ),
     "paper": (
         ["--clustering", "local", "--tasks-mode", "scheduler"],
