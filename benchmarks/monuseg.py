@@ -127,37 +127,21 @@ def predict_and_score(
     model: Path | None, predict_options: list[str], out: Path, images: Path, masks: Path
 ) -> dict:
     cli = [sys.executable, "-m", "pointcell.cli"]
-    if model is None:
-        run(
-            [
-                *cli,
-                "baseline",
-                "--images",
-                str(images),
-                "--mpp",
-                MPP,
-                "--out",
-                str(out),
-                "--no-overlay",
-            ]
-        )
-    else:
-        run(
-            [
-                *cli,
-                "predict",
-                "--model",
-                str(model),
-                "--images",
-                str(images),
-                "--mpp",
-                MPP,
-                "--out",
-                str(out),
-                "--no-overlay",
-                *predict_options,
-            ]
-        )
+    method = ["baseline"] if model is None else ["predict", "--model", str(model)]
+    run(
+        [
+            *cli,
+            *method,
+            "--images",
+            str(images),
+            "--mpp",
+            MPP,
+            "--out",
+            str(out),
+            "--no-overlay",
+            *predict_options,
+        ]
+    )
     run([*cli, "evaluate", "--pred", str(out), "--gt", str(masks), "--radius-um", "3"])
     return json.loads((out / "evaluation.json").read_text())["aggregate"]
 
