@@ -78,3 +78,16 @@ def test_instances_are_numbered_consecutively():
 def test_bad_instance_method():
     with pytest.raises(ValueError, match="watershed"):
         PostprocessParams(instances="stardist")
+
+
+def test_fill_small_holes_fills_only_small_enclosed_holes():
+    from pointcell.postprocess import fill_small_holes
+
+    mask = np.zeros((12, 12), bool)
+    mask[1:5, 1:5] = True
+    mask[2, 2] = False  # a 1-pixel hole
+    mask[6:12, 6:12] = True
+    mask[7:11, 7:11] = False  # a 16-pixel hole
+    filled = fill_small_holes(mask, max_hole_px=4)
+    assert filled[2, 2] and not filled[8, 8]
+    assert filled.sum() == mask.sum() + 1

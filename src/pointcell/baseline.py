@@ -21,7 +21,7 @@ from skimage.segmentation import watershed
 from tqdm.auto import tqdm
 
 from pointcell.io.images import read_image, resolve_mpp
-from pointcell.postprocess import Cells, remove_small_objects
+from pointcell.postprocess import Cells, fill_small_holes, remove_small_objects
 from pointcell.predict import PredictionSummary, list_images, write_prediction, write_summary
 
 
@@ -51,11 +51,7 @@ def hematoxylin_watershed(
     density = ndimage.gaussian_filter(hematoxylin(image), params.smooth_um / mpp)
     level = params.threshold if params.threshold is not None else threshold_otsu(density)
     mask = density > level
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    hole_labels, _ = ndimage.label(holes)
-    small_holes = np.bincount(hole_labels.ravel()) <= params.max_hole_um2 / mpp**2
-    small_holes[0] = False
-    mask |= small_holes[hole_labels]
+    mask = fill_small_holes(mask, params.max_hole_um2 / mpp**2)
     distance = ndimage.distance_transform_edt(mask)
     distance = ndimage.gaussian_filter(distance, 1.0)
     seeds = peak_local_max(

@@ -24,6 +24,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from sklearn.cluster import KMeans
 
+from pointcell.postprocess import fill_small_holes
+
 BACKGROUND, NUCLEUS, IGNORE = 0, 1, 2
 
 ClusteringMode = Literal["local", "global"]
@@ -174,12 +176,17 @@ def voronoi_label(
     mpp: float,
     params: EncodingParams = EncodingParams(),
     near: NearestPoints | None = None,
+    edges: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Voronoi label (H, W) uint8: partition lines BACKGROUND, point disks NUCLEUS, rest IGNORE."""
+    """Voronoi label (H, W) uint8: partition lines BACKGROUND, point disks NUCLEUS, rest IGNORE.
+
+    ``near`` and ``edges`` may be passed when already computed for these points.
+    """
     points_xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     near = near if near is not None else nearest_points(points_xy, shape)
+    edges = edges if edges is not None else voronoi_edges(points_xy, near)
     label = np.full(shape, IGNORE, dtype=np.uint8)
-    label[voronoi_edges(points_xy, near)] = BACKGROUND
+    label[edges] = BACKGROUND
     label[point_disks(points_xy, near, radius_px=params.point_radius_um / mpp)] = NUCLEUS
     return label
 
@@ -321,17 +328,6 @@ def _cluster_roles(
     return roles[groups, assign]
 
 
-def _fill_small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    if not holes.any():
-        return mask
-    hole_labels, n = ndimage.label(holes)
-    sizes = np.bincount(hole_labels.ravel(), minlength=n + 1)
-    small = sizes <= max_hole_px
-    small[0] = False
-    return mask | small[hole_labels]
-
-
 def cluster_label(
     image: np.ndarray,
     points_xy: np.ndarray,
@@ -339,6 +335,7 @@ def cluster_label(
     mpp: float,
     params: EncodingParams = EncodingParams(),
     near: NearestPoints | None = None,
+    edges: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cluster label (H, W) uint8 from k-means on colour and distance, local or global.
 
@@ -360,7 +357,7 @@ def cluster_label(
         assign = _global_kmeans(features, k=k, seed=params.seed)
         groups = np.zeros(len(features), dtype=np.int64)
         roles = _cluster_roles(assign, groups, 1, k, disks, features[:, -1]).reshape(shape)
-    edges = voronoi_edges(points_xy, near)
+    edges = edges if edges is not None else voronoi_edges(points_xy, near)
     return _clean_nuclei(
         roles, edges, disks.reshape(shape), max_hole_px=params.max_hole_um2 / mpp**2
     )
@@ -409,7 +406,7 @@ def _clean_nuclei(
     touching = np.zeros(components.max() + 1, dtype=bool)
     touching[components[disks]] = True
     touching[0] = False
-    kept = _fill_small_holes(touching[components], max_hole_px) & ~edges
+    kept = fill_small_holes(touching[components], max_hole_px) & ~edges
     label = np.where(roles == BACKGROUND, BACKGROUND, IGNORE).astype(np.uint8)
     label[edges] = BACKGROUND
     label[kept] = NUCLEUS
@@ -431,8 +428,9 @@ def encode(
     points_xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     shape = image.shape[:2]
     near = nearest_points(points_xy, shape)
-    voronoi = voronoi_label(points_xy, shape, mpp=mpp, params=params, near=near)
-    cluster = cluster_label(image, points_xy, mpp=mpp, params=params, near=near)
+    edges = voronoi_edges(points_xy, near)
+    voronoi = voronoi_label(points_xy, shape, mpp=mpp, params=params, near=near, edges=edges)
+    cluster = cluster_label(image, points_xy, mpp=mpp, params=params, near=near, edges=edges)
     repel = repel_code(points_xy, shape, mpp=mpp, params=params, near=near)
     filtered = np.where(cluster == NUCLEUS, repel, 0.0).astype(np.float32)
     return Encodings(voronoi=voronoi, cluster=cluster, repel=repel, filtered_repel=filtered)

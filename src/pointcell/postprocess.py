@@ -103,6 +103,17 @@ def instances(
     return remove_small_objects(labels, params.min_area_um2 / mpp**2)
 
 
+def fill_small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
+    """The mask with every enclosed hole of at most ``max_hole_px`` pixels filled."""
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    if not holes.any():
+        return mask
+    hole_labels, n = ndimage.label(holes)
+    small = np.bincount(hole_labels.ravel(), minlength=n + 1) <= max_hole_px
+    small[0] = False
+    return mask | small[hole_labels]
+
+
 def remove_small_objects(labels: np.ndarray, min_area_px: float) -> np.ndarray:
     """Drop instances smaller than ``min_area_px`` and renumber the rest 1..n."""
     sizes = np.bincount(labels.ravel())
