@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 from click.testing import CliRunner
 from PIL import Image
@@ -163,3 +165,101 @@ def test_predict_rejects_bad_tiles_and_models(sample, tmp_path):
     assert bad_tile.exit_code == 2 and "multiples of 32" in bad_tile.output
     missing = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "none.pt")])
     assert missing.exit_code == 1 and "no such model file" in missing.output
+
+
+def write_qupath_points(path, centres, cls="Tumor"):
+    """Point annotations exactly as QuPath's "Export objects as GeoJSON" writes them."""
+    features = [
+        {
+            "type": "Feature",
+            "id": f"0c8a5f0e-1b2c-4d5e-8f90-{index:012d}",
+            "geometry": {"type": "MultiPoint", "coordinates": [[float(x), float(y)]]},
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": cls, "color": [200, 0, 0]},
+                "isLocked": False,
+            },
+        }
+        for index, (x, y) in enumerate(centres)
+    ]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+def test_qupath_round_trip_train_on_clicks_and_predict_a_slide(tmp_path):
+    """Clicks exported from QuPath train a model; its cells on a whole slide come back as
+    QuPath detections; a finished slide is not overwritten without --overwrite."""
+    from conftest import make_disks
+    from pointcell.io.points import read_points
+    from pointcell.io.slides import write_pyramidal_tiff
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "points").mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(3):
+        centres = rng.uniform(12, 84, size=(6, 2))
+        tile = make_disks(centres, radius=5.0, mpp=0.5, seed=index)
+        Image.fromarray(tile.image).save(tmp_path / "images" / f"img{index}.png")
+        write_qupath_points(tmp_path / "points" / f"img{index}.geojson", centres)
+    trained = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--images",
+            str(tmp_path / "images"),
+            "--points",
+            str(tmp_path / "points"),
+            "--mpp",
+            "0.5",
+            "--out",
+            str(tmp_path / "run"),
+            "--encoder",
+            "resnet18",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--patch-size",
+            "64",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+
+    big = make_disks(rng.uniform(20, 480, size=(40, 2)), shape=(512, 512), radius=5.0)
+    write_pyramidal_tiff(
+        tmp_path / "slide.tif",
+        (512, 512),
+        lambda level, y, x, h, w: big.image[:: 4**level, :: 4**level][y : y + h, x : x + w],
+        mpp=0.5,
+        n_levels=2,
+        tile=128,
+    )
+    args = [
+        "predict",
+        "--model",
+        str(tmp_path / "run"),
+        "--images",
+        str(tmp_path / "slide.tif"),
+        "--out",
+        str(tmp_path / "pred"),
+        "--slide-tile",
+        "128",
+        "--tile-size",
+        "128",
+        "--overlap",
+        "32",
+    ]
+    predicted = CliRunner().invoke(main, args)
+    assert predicted.exit_code == 0, predicted.output
+    assert "tissue tiles" in predicted.output and "slide" in predicted.output
+    collection = json.loads((tmp_path / "pred" / "slide.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    assert all(f["properties"]["objectType"] == "detection" for f in collection["features"])
+    table = (tmp_path / "pred" / "slide.csv").read_text().splitlines()
+    assert table[0] == "id,x,y,area_px,area_um2,score,tile"
+    assert len(read_points(tmp_path / "pred" / "slide.geojson")) == len(table) - 1
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    replaced = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output

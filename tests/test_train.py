@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +192,63 @@ def test_presets_and_config_validation():
         TrainConfig(images="i", points="p", steps=1, patch_size=250)
     with pytest.raises(ValueError, match="exactly one"):
         TrainConfig(images="i", points="p")
+
+
+def test_distributed_settings_come_from_torchrun_variables(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not train_module.Distributed.from_environment().enabled
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    dist = train_module.Distributed.from_environment()
+    assert dist.enabled and not dist.is_main and (dist.rank, dist.world_size) == (2, 4)
+
+
+def test_torchrun_trains_one_model_in_two_processes(disk_dataset, tmp_path):
+    """Two gloo processes draw different patches yet end with one model: the run fails if
+    their weights diverge, and only rank 0 writes and reports."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "pointcell.cli",
+        "train",
+        "--images",
+        str(disk_dataset / "images"),
+        "--points",
+        str(disk_dataset / "points"),
+        "--out",
+        str(tmp_path / "run"),
+        "--encoder",
+        "resnet18",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "64",
+        "--tasks-mode",
+        "uncertainty",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 3 steps") == 1
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["world_size"] == 2 and state["step"] == 3

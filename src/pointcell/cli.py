@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -303,6 +304,8 @@ def train(
             result = fit(config, out)
     except TrainingInterrupted as exc:
         raise click.ClickException(str(exc)) from exc
+    if os.environ.get("RANK", "0") != "0":
+        return  # one report per torchrun job
     best = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
     click.echo(
         f"trained {result.steps} steps; best validation detection F1 {best}; "
@@ -338,6 +341,33 @@ def train(
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--save-probability", is_flag=True, help="Also write the probability map.")
 @click.option("--overlay/--no-overlay", default=True, show_default=True)
+@click.option(
+    "--slide-tile",
+    type=click.IntRange(min=64),
+    default=1024,
+    show_default=True,
+    help="Whole slides: core tile (px at the working pixel size) each nucleus is owned by.",
+)
+@click.option(
+    "--slide-reader",
+    type=click.Choice(["auto", "tiffslide", "openslide"]),
+    default="auto",
+    show_default=True,
+    help="Whole slides: tiffslide, or OpenSlide (MIRAX, VMS) when auto.",
+)
+@click.option("--gzip", "gzip_geojson", is_flag=True, help="Whole slides: write .geojson.gz.")
+@click.option("--resume", is_flag=True, help="Whole slides: continue an interrupted job.")
+@click.option("--overwrite", is_flag=True, help="Whole slides: replace finished outputs.")
+@click.option(
+    "--cluster",
+    metavar="ADDRESS",
+    help="Whole slides: Dask scheduler address (tcp://host:8786) to spread tiles over.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Whole slides: start a local Dask cluster of this many worker processes.",
+)
 @_device_options
 def predict(
     model_path: str,
@@ -352,19 +382,37 @@ def predict(
     batch_size: int,
     save_probability: bool,
     overlay: bool,
+    slide_tile: int,
+    slide_reader: str,
+    gzip_geojson: bool,
+    resume: bool,
+    overwrite: bool,
+    cluster: str | None,
+    workers: int | None,
     device: str,
     precision: str,
 ) -> None:
-    """Detect and segment nuclei with a trained model."""
-    from dataclasses import replace
+    """Detect and segment nuclei with a trained model, in images or whole slides.
+
+    Whole slides (SVS, NDPI, MRXS, pyramidal or very large TIFF) are streamed tile by tile
+    over their tissue and give OUT/<stem>.csv and OUT/<stem>.geojson in level-0 pixels.
+    """
+    from dataclasses import asdict, replace
 
     from pointcell.inference import load_predictor
-    from pointcell.predict import predict_images
+    from pointcell.io.slides import is_whole_slide
+    from pointcell.predict import list_images, predict_images, write_summary
+    from pointcell.wsi import SlideSettings, predict_slides
 
     if tile_size % 32 or overlap % 32 or overlap >= tile_size:
         raise click.UsageError(
             "--tile-size and --overlap must be multiples of 32, overlap smaller than the tile"
         )
+    if cluster and workers:
+        raise click.UsageError("give --cluster or --workers, not both")
+    paths = list_images(list(images))
+    slides = [p for p in paths if is_whole_slide(p)]
+    plain = [p for p in paths if p not in slides]
     predictor = load_predictor(model_path, device=device, precision=precision)
     changes = {
         "instances": instances,
@@ -372,25 +420,59 @@ def predict(
         "min_probability": min_probability,
     }
     params = replace(predictor.postprocess, **{k: v for k, v in changes.items() if v is not None})
-    summaries = predict_images(
-        predictor,
-        list(images),
-        out,
-        mpp=mpp,
-        params=params,
-        tile=tile_size,
-        overlap=overlap,
-        batch_size=batch_size,
-        save_probability=save_probability,
-        overlay=overlay,
-    )
-    width = max(len(s.stem) for s in summaries)
-    click.echo(f"{'image':<{width}}  cells  model s  post s")
-    for s in summaries:
-        click.echo(f"{s.stem:<{width}}  {s.n_cells:5d}  {s.model_s:7.2f}  {s.postprocess_s:6.2f}")
-    click.echo(
-        f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s); outputs in {out}"
-    )
+    if plain:
+        summaries = predict_images(
+            predictor,
+            list(plain),
+            out,
+            mpp=mpp,
+            params=params,
+            tile=tile_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            save_probability=save_probability,
+            overlay=overlay,
+        )
+        width = max(len(s.stem) for s in summaries)
+        click.echo(f"{'image':<{width}}  cells  model s  post s")
+        for s in summaries:
+            click.echo(
+                f"{s.stem:<{width}}  {s.n_cells:5d}  {s.model_s:7.2f}  {s.postprocess_s:6.2f}"
+            )
+        click.echo(f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s)")
+    if slides:
+        settings = SlideSettings(
+            tile=slide_tile,
+            network_tile=tile_size,
+            network_overlap=overlap,
+            batch_size=batch_size,
+            reader=slide_reader,  # type: ignore[arg-type]
+        )
+        slide_summaries = predict_slides(
+            slides,
+            out,
+            model=model_path,
+            cluster=cluster,
+            workers=workers,
+            predictor=None if (cluster or workers) else predictor,
+            mpp=mpp,
+            params=params,
+            settings=settings,
+            device=device,
+            precision=precision,
+            gzip_geojson=gzip_geojson,
+            resume=resume,
+            overwrite=overwrite,
+        )
+        write_summary(out, predictor.source, {"slides": asdict(settings)}, slide_summaries)
+        width = max(len(s.stem) for s in slide_summaries)
+        click.echo(f"{'slide':<{width}}  tissue tiles    cells   wall s")
+        for s in slide_summaries:
+            click.echo(
+                f"{s.stem:<{width}}  {s.n_tissue_tiles:5d}/{s.n_tiles:<6d} {s.n_cells:8d} "
+                f"{s.wall_s:8.1f}"
+            )
+    click.echo(f"outputs in {out}")
 
 
 @main.command()

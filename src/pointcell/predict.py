@@ -24,10 +24,12 @@ from pointcell.io.images import (
     write_label_tiff,
     write_rgb_png,
 )
+from pointcell.io.slides import SLIDE_SUFFIXES, slide_stem
 from pointcell.overlay import draw_points
 from pointcell.postprocess import Cells, PostprocessParams, postprocess
 
 SUMMARY_FILE = "predictions.json"
+INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def list_images(locations: list[str | os.PathLike[str]]) -> list[Path]:
             found += sorted(
                 p
                 for p in location.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                if p.suffix.lower() in INPUT_SUFFIXES and not p.name.startswith(".")
             )
         elif location.is_file():
             found.append(location)
@@ -56,9 +58,9 @@ def list_images(locations: list[str | os.PathLike[str]]) -> list[Path]:
             raise PointcellInputError(f"{location}: no such image file or folder")
     if not found:
         raise PointcellInputError(
-            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, locations))}"
+            f"no images ({', '.join(INPUT_SUFFIXES)}) in {', '.join(map(str, locations))}"
         )
-    stems = [p.stem for p in found]
+    stems = [slide_stem(p) for p in found]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise PointcellInputError(

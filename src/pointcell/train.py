@@ -5,6 +5,11 @@ A run folder holds ``config.json`` (everything needed to reproduce the run), ``s
 ``checkpoint_every`` steps and on Ctrl-C) and ``best.pt`` (lowest validation loss). A batch
 depends only on the seed and the step number, so ``fit(..., resume=True)`` continues exactly
 where the run stopped: on CPU it ends with the same weights as an uninterrupted run.
+
+Several GPUs (or CPU processes) train one model through PyTorch's own launcher: ``torchrun
+--nproc-per-node N -m pointcell.cli train ...`` runs the same command in N processes that
+average their gradients (DistributedDataParallel, NCCL on GPUs, gloo on CPUs). Each process
+draws its own patches (``--batch-size`` is per process); only rank 0 validates and writes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -214,6 +220,54 @@ def total_steps(config: TrainConfig, train_images: list[PreparedImage]) -> int:
     return max(1, round(config.epochs * per_epoch))
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        """Read the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+@contextlib.contextmanager
+def distributed_context(dist: Distributed, device_name: str) -> Iterator[str]:
+    """Join the torchrun process group for the duration of a run; yield the device this
+    process trains on (its own GPU when there are GPUs)."""
+    if not dist.enabled:
+        yield device_name
+        return
+    device = select_device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(dist.local_rank)
+        device_name = f"cuda:{dist.local_rank}"
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, rank=dist.rank, world_size=dist.world_size)
+    try:
+        yield device_name if device.type == "cuda" else device.type
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 class Trainer:
     """Holds the model, optimizer and combiner of one run and performs its steps."""
 
@@ -224,15 +278,25 @@ class Trainer:
         mean: list[float],
         std: list[float],
         initial_weights: dict[str, torch.Tensor] | None = None,
+        dist: Distributed = Distributed(),
+        device: str | None = None,
     ) -> None:
         self.config = config
-        self.device = select_device(config.device)
+        self.dist = dist
+        self.device = select_device(device or config.device)
         self.dtype = autocast_dtype(self.device, config.precision)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, encoder_weights=config.encoder_weights)
         if initial_weights is not None:
             self.model.load_state_dict(cast_state_to_float(initial_weights))
         self.model.to(self.device, memory_format=torch.channels_last)
+        # gradients flow through `trained` (the DDP wrapper when distributed) and are
+        # averaged across processes; `model` is the plain network for eval and checkpoints
+        self.trained: torch.nn.Module = self.model
+        if dist.enabled:
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.combiner = TaskCombiner(config.tasks_mode, config.tasks).to(self.device)
         self.optimizer = make_optimizer(
             config.optimizer,
@@ -252,18 +316,41 @@ class Trainer:
         self, iteration: int, images: torch.Tensor, targets: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         """One optimisation step on the tasks the combiner selects for ``iteration``."""
-        self.model.train()
+        self.trained.train()
         images = images.to(self.device, memory_format=torch.channels_last)
         targets = {k: v.to(self.device) for k, v in targets.items()}
         with self.autocast():
-            logits = self.model(images)
+            logits = self.trained(images)
         losses = task_losses(logits, targets, self.combiner.tasks_at(iteration))
         loss = self.combiner(losses)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self._average_combiner_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _average_combiner_gradients(self) -> None:
+        """Task-uncertainty weights live outside the DDP module: average them by hand."""
+        if not self.dist.enabled:
+            return
+        for parameter in self.combiner.parameters():
+            if parameter.grad is not None:
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= self.dist.world_size
+
+    def check_replicas_agree(self) -> None:
+        """Raise if the processes of a distributed run ended with different weights."""
+        if not self.dist.enabled:
+            return
+        with torch.no_grad():
+            local = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).to(
+                self.device
+            )
+            gathered = [torch.zeros_like(local) for _ in range(self.dist.world_size)]
+            torch.distributed.all_gather(gathered, local)
+        if not all(torch.allclose(gathered[0], other) for other in gathered[1:]):
+            raise RuntimeError("distributed training: the replicas' weights diverged")
 
     @torch.inference_mode()
     def validate(self, images: list[PreparedImage]) -> dict[str, float]:
@@ -340,6 +427,7 @@ class Trainer:
             "best_metric": BEST_METRIC,
             "normalisation": {"mean": self.mean, "std": self.std},
             "working_mpp": self.config.working_mpp,
+            "world_size": self.dist.world_size,
         }
         if not weights_only:
             state.update(
@@ -413,7 +501,22 @@ def fit(
     A new run refuses a folder that already holds a checkpoint. Ctrl-C saves ``last.pt`` and
     raises :class:`TrainingInterrupted`.
     """
-    run_dir = Path(run_dir)
+    dist = Distributed.from_environment()
+    with distributed_context(dist, (config.device if config else "auto")) as device:
+        return _fit(
+            config, Path(run_dir), resume=resume, progress=progress, dist=dist, device=device
+        )
+
+
+def _fit(
+    config: TrainConfig | None,
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    dist: Distributed,
+    device: str,
+) -> TrainResult:
     state = None
     if resume:
         state = load_checkpoint(run_dir / "last.pt")
@@ -425,21 +528,26 @@ def fit(
             f"{run_dir} already holds a run; resume it with --resume "
             f"{run_dir} or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", config.to_dict())
-
     pairs = pair_images_with_points(config.images, config.points)
     if not pairs:
         raise PointcellInputError(
             f"no image in {config.images} has a points file in {config.points}"
         )
     split = resolve_split(config, sorted(p.stem for p in pairs))
-    _write_json(run_dir / "split.json", split)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", config.to_dict())
+        _write_json(run_dir / "split.json", split)
     needed = set(split["train"]) | set(split["val"])
-    prepared = prepare_dataset(config, [p for p in pairs if p.stem in needed], progress=progress)
+    wanted = [p for p in pairs if p.stem in needed]
+    if not dist.is_main:
+        dist.barrier()  # rank 0 encodes and caches first; the others read its cache
+    prepared = prepare_dataset(config, wanted, progress=progress and dist.is_main)
+    if dist.is_main:
+        dist.barrier()
     train_images = [prepared[s] for s in split["train"]]
-    val_images = [prepared[s] for s in split["val"]]
-    if not val_images:
+    val_images = [prepared[s] for s in split["val"]] if dist.is_main else []
+    if not split["val"] and dist.is_main:
         log.warning("no validation images (fewer than 3 images); best.pt follows last.pt")
     initial = _initial_state(config) if state is None else None
     if state is not None or initial is not None:
@@ -449,7 +557,12 @@ def fit(
     else:
         mean, std = channel_stats([img.image for img in train_images])
     trainer = Trainer(
-        config, mean=mean, std=std, initial_weights=None if initial is None else initial["model"]
+        config,
+        mean=mean,
+        std=std,
+        initial_weights=None if initial is None else initial["model"],
+        dist=dist,
+        device=device,
     )
     sampler = PatchSampler(
         train_images,
@@ -458,7 +571,7 @@ def fit(
         mean=mean,
         std=std,
         augment=config.augment,
-        seed=config.seed,
+        seed=config.seed + 1_000_003 * dist.rank,  # every process draws its own patches
     )
     total = total_steps(config, train_images)
     at = _Progress(step=0, elapsed_s=0.0, best=None)
@@ -466,7 +579,11 @@ def fit(
         trainer.load_state(state)
         at = _Progress(int(state["step"]), float(state["elapsed_s"]), state["best_score"])
     history = _read_metrics(run_dir / "metrics.csv", at.step)
-    return _loop(trainer, sampler, val_images, run_dir, at, total, history, progress)
+    result = _loop(
+        trainer, sampler, val_images, run_dir, at, total, history, progress and dist.is_main
+    )
+    trainer.check_replicas_agree()
+    return result
 
 
 @dataclass
@@ -496,7 +613,8 @@ def _loop(
 
     def save(path: Path, **extra: Any) -> None:
         at.elapsed_s = time.perf_counter() + offset
-        save_checkpoint(path, trainer.state(at.step, total, at.best, at.elapsed_s, **extra))
+        if trainer.dist.is_main:
+            save_checkpoint(path, trainer.state(at.step, total, at.best, at.elapsed_s, **extra))
 
     try:
         while at.step < total:
@@ -515,7 +633,8 @@ def _loop(
                 if val_images:
                     row.update(trainer.validate(val_images))
                 history.append(row)
-                _write_metrics(run_dir / "metrics.csv", history)
+                if trainer.dist.is_main:
+                    _write_metrics(run_dir / "metrics.csv", history)
                 score = row.get(BEST_METRIC)
                 if score is not None and (at.best is None or score > at.best):
                     at.best = score

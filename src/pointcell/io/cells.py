@@ -55,6 +55,38 @@ def instance_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
     return outlines
 
 
+def detection_feature(
+    outline: np.ndarray,
+    *,
+    centre: tuple[float, float],
+    area_px: float,
+    area_um2: float,
+    score: float,
+) -> dict | None:
+    """One QuPath detection (GeoJSON Feature) from an outline (K, 2) as (x, y); None when the
+    outline is too short to be a polygon."""
+    ring = np.round(outline, 2).tolist()
+    if ring and ring[0] != ring[-1]:
+        ring.append(ring[0])
+    if len(ring) < 4:
+        return None
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": CELL_CLASS, "color": CELL_COLOUR},
+            "measurements": {
+                "Centroid X px": round(centre[0], 2),
+                "Centroid Y px": round(centre[1], 2),
+                "Area px": round(area_px, 2),
+                "Area µm^2": round(area_um2, 3),
+                "Score": round(score, 4),
+            },
+        },
+    }
+
+
 def write_cells_geojson(path: str | os.PathLike[str], cells: Cells, *, mpp: float) -> None:
     """QuPath detections: one Polygon feature per instance with its centre, score and area."""
     outlines = instance_outlines(cells.labels)
@@ -65,30 +97,17 @@ def write_cells_geojson(path: str | os.PathLike[str], cells: Cells, *, mpp: floa
             best[int(label)] = row
     features = []
     for label, outline in outlines.items():
-        ring = np.round(outline, 2).tolist()
-        if ring[0] != ring[-1]:
-            ring.append(ring[0])
-        if len(ring) < 4:
-            continue
         row = best.get(label)
         x, y = cells.xy[row] if row is not None else outline.mean(axis=0)
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": {
-                    "objectType": "detection",
-                    "classification": {"name": CELL_CLASS, "color": CELL_COLOUR},
-                    "measurements": {
-                        "Centroid X px": round(float(x), 2),
-                        "Centroid Y px": round(float(y), 2),
-                        "Area px": int(areas[label]),
-                        "Area µm^2": round(float(areas[label] * mpp * mpp), 3),
-                        "Score": round(float(cells.score[row]), 4) if row is not None else 0.0,
-                    },
-                },
-            }
+        feature = detection_feature(
+            outline,
+            centre=(float(x), float(y)),
+            area_px=float(areas[label]),
+            area_um2=float(areas[label] * mpp * mpp),
+            score=float(cells.score[row]) if row is not None else 0.0,
         )
+        if feature is not None:
+            features.append(feature)
     with atomic_output(path) as tmp:
         tmp.write_text(
             json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8"

@@ -76,10 +76,10 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         pixels = page.asarray()
-        return pixels, _tiff_mpp(page)
+        return pixels, tiff_mpp(page)
 
 
-def _tiff_mpp(page: tifffile.TiffPage) -> float | None:
+def tiff_mpp(page: tifffile.TiffPage) -> float | None:
     """Pixel size from the ImageDescription (Aperio ``MPP =``, OME ``PhysicalSizeX``) or tags."""
     match = _MPP_IN_DESCRIPTION.search(page.description or "")
     if match:
