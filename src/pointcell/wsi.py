@@ -625,13 +625,14 @@ def _run_on_client(
 
 @contextlib.contextmanager
 def dask_client(
-    address: str | None = None, *, workers: int | None = None
+    address: str | None = None, *, workers: int | None = None, torch_threads: int | None = None
 ) -> Iterator[tuple[object, int | None]]:
     """A Dask ``Client`` and the torch threads each worker should use.
 
     With ``address`` it connects to a running scheduler (``tcp://host:8786``; its workers
     must have pointcell installed); otherwise it starts a ``LocalCluster`` of ``workers``
-    single-threaded processes on loopback, splitting this machine's cores between them.
+    single-threaded processes on loopback, splitting this machine's cores between them
+    (or giving each ``torch_threads``).
     """
     from distributed import Client, LocalCluster
 
@@ -640,7 +641,7 @@ def dask_client(
             yield client, None
         return
     n_workers = workers or 1
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    threads = torch_threads or max(1, (os.cpu_count() or 1) // n_workers)
     with (
         LocalCluster(
             n_workers=n_workers,
@@ -661,13 +662,14 @@ def predict_slides(
     model: str,
     cluster: str | None = None,
     workers: int | None = None,
+    worker_threads: int | None = None,
     **options: object,
 ) -> list[SlideSummary]:
     """:func:`predict_slide` for several slides: in this process, or on a Dask cluster (a
     scheduler ``cluster`` address, or ``workers`` local processes) shared by all of them."""
     if cluster is None and not workers:
         return [predict_slide(path, out, model=model, **options) for path in slides]  # type: ignore[arg-type]
-    with dask_client(cluster, workers=workers) as (client, threads):
+    with dask_client(cluster, workers=workers, torch_threads=worker_threads) as (client, threads):
         return [
             predict_slide(path, out, model=model, client=client, torch_threads=threads, **options)  # type: ignore[arg-type]
             for path in slides
