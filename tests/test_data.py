@@ -78,7 +78,9 @@ def labelled_image(size=64):
     image = np.zeros((size, size, 3), np.uint8)
     image[..., 0] = cluster * 100
     repel = (cluster == 1).astype(np.float32)
-    return PreparedImage("x", image, cluster.copy(), cluster, repel, np.array([[15.0, 20.0]]))
+    return PreparedImage(
+        "x", image, cluster.copy(), cluster, repel, np.array([[15.0, 20.0]]), np.array([""])
+    )
 
 
 def test_augmentation_keeps_image_and_targets_aligned():

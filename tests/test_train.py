@@ -6,7 +6,13 @@ import torch
 
 from conftest import make_disks
 from pointcell import train as train_module
-from pointcell.data import NO_AUGMENT, PatchSampler, PreparedImage, channel_stats
+from pointcell.data import (
+    NO_AUGMENT,
+    PatchSampler,
+    PreparedImage,
+    channel_stats,
+    point_class_names,
+)
 from pointcell.encodings import encode
 from pointcell.errors import PointcellInputError
 from pointcell.inference import load_predictor
@@ -66,7 +72,13 @@ def test_overfits_one_synthetic_image(optimizer, factor):
     tile = make_disks([(16, 16), (44, 20), (24, 46), (48, 48)], shape=(64, 64), mpp=0.5)
     enc = encode(tile.image, tile.centres_xy, mpp=0.5)
     image = PreparedImage(
-        "one", tile.image, enc.voronoi, enc.cluster, enc.filtered_repel, tile.centres_xy
+        "one",
+        tile.image,
+        enc.voronoi,
+        enc.cluster,
+        enc.filtered_repel,
+        tile.centres_xy,
+        point_class_names([None] * len(tile.centres_xy)),
     )
     mean, std = channel_stats([image.image])
     config = TrainConfig(

@@ -133,6 +133,17 @@ def labels(
     click.echo(f"wrote label maps of {len(summaries)} image(s) to {out}")
 
 
+def _parse_classes(text: str) -> tuple[str, ...] | None:
+    if text == "auto":
+        return None
+    if text == "none":
+        return ()
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise click.BadParameter("give auto, none or comma-separated class names")
+    return names
+
+
 @main.command()
 @click.option(
     "--images", type=click.Path(exists=True, path_type=Path), help="Image file or folder."
@@ -217,6 +228,20 @@ def labels(
     type=click.IntRange(min=1),
     help="Also keep the weights every N steps in RUN/snapshots (for learning curves).",
 )
+@click.option(
+    "--classes",
+    default="auto",
+    show_default=True,
+    help="Cell classes to learn: auto (the class names on the training points; none found: "
+    "detection only), none, or a comma-separated list (other names count as untyped).",
+)
+@click.option(
+    "--hed-jitter",
+    type=click.FloatRange(0, 0.5),
+    default=0.0,
+    show_default=True,
+    help="Stain augmentation: jitter of hematoxylin/eosin/DAB densities (0.05 is mild).",
+)
 @_device_options
 @click.option(
     "--cache-dir",
@@ -249,11 +274,15 @@ def train(
     checkpoint_every: int | None,
     init_from: str | None,
     snapshot_every: int | None,
+    classes: str,
+    hed_jitter: float,
     device: str,
     precision: str,
     cache_dir: Path | None,
 ) -> None:
-    """Train a U-Net on point labels (Voronoi, repel and cluster tasks)."""
+    """Train a U-Net on point labels (Voronoi, repel and cluster tasks; cell classes when the
+    points carry them)."""
+    from pointcell.data import AugmentParams
     from pointcell.model import ModelConfig
     from pointcell.train import TrainingInterrupted, fit, preset_config
 
@@ -289,6 +318,8 @@ def train(
                 "device": device,
                 "precision": precision,
                 "cache_dir": str(cache_dir) if cache_dir else None,
+                "classes": _parse_classes(classes),
+                "augment": AugmentParams(hed_jitter=hed_jitter),
             }
             if encoder:
                 overrides["model"] = ModelConfig(encoder=encoder)
@@ -440,6 +471,14 @@ def predict(
                 f"{s.stem:<{width}}  {s.n_cells:5d}  {s.model_s:7.2f}  {s.postprocess_s:6.2f}"
             )
         click.echo(f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s)")
+        for s in summaries:
+            if s.class_counts:
+                counts = ", ".join(f"{k} {v}" for k, v in s.class_counts.items())
+                line = f"{s.stem}: {counts}"
+                if s.positive_percent is not None:
+                    low, high = s.positive_ci
+                    line += f"; positive {s.positive_percent:.1f}% (95% CI {low:.1f}-{high:.1f})"
+                click.echo(line)
     if slides:
         settings = SlideSettings(
             tile=slide_tile,
@@ -527,6 +566,23 @@ def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Pat
             f"count CCC {agg['count_ccc']:.3f} (95% CI {agg['count_ccc_low']:.3f}"
             f"-{agg['count_ccc_high']:.3f})"
         )
+    if "classes" in report.aggregate:
+        agg = report.aggregate
+        per_class = ", ".join(f"{name} {value:.3f}" for name, value in agg["class_fc"].items())
+        click.echo(f"per-class F_c: {per_class}")
+        click.echo(
+            f"classes on matched cells: macro F1 {agg['class_macro_f1']:.3f}, "
+            f"weighted F1 {agg['class_weighted_f1']:.3f}"
+        )
+    if "positive_percent_mae" in report.aggregate:
+        agg = report.aggregate
+        line = (
+            f"positive %: mean abs error {agg['positive_percent_mae']:.2f}, "
+            f"max {agg['positive_percent_max_error']:.2f} points"
+        )
+        if "positive_ccc" in agg:
+            line += f", CCC {agg['positive_ccc']:.3f}"
+        click.echo(line)
     click.echo(f"report: {json_path}")
 
 

@@ -16,15 +16,17 @@ import math
 import os
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.color import hed_from_rgb as HED_FROM_RGB
+from skimage.color import rgb_from_hed as RGB_FROM_HED
 from skimage.transform import resize
 
-from pointcell.encodings import IGNORE, EncodingParams, encode
+from pointcell.encodings import IGNORE, EncodingParams, encode, nearest_points
 from pointcell.errors import PointcellInputError
 from pointcell.io.atomic import atomic_output
 from pointcell.io.images import read_image, resolve_mpp
@@ -32,7 +34,8 @@ from pointcell.io.pairing import ImagePointsPair
 from pointcell.io.points import read_points
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+UNTYPED = ("", "unlabelled", "unlabeled", "unknown")  # class names that carry no class
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,50 @@ class PreparedImage:
     cluster: np.ndarray  # uint8 labels
     repel: np.ndarray  # float32 filtered repel
     points_xy: np.ndarray  # (N, 2) clicks at the working pixel size
+    point_classes: np.ndarray  # (N,) class name of each click, "" when untyped
+    class_map: np.ndarray | None = None  # uint8 class index near typed clicks, else IGNORE
 
     @property
     def n_points(self) -> int:
         return len(self.points_xy)
+
+
+def point_class_names(classes: Sequence[str | None]) -> np.ndarray:
+    """Class names as an array, with every untyped spelling (None, "unlabelled"...) as ""."""
+    names = ["" if c is None or c.strip().lower() in UNTYPED else c.strip() for c in classes]
+    return np.array(names, dtype=str).reshape(-1)
+
+
+def class_target(
+    shape: tuple[int, int],
+    points_xy: np.ndarray,
+    point_classes: np.ndarray,
+    classes: Sequence[str],
+    *,
+    radius_px: float,
+) -> np.ndarray:
+    """Per-pixel class target: the index (in ``classes``) of the nearest typed click within
+    ``radius_px``; IGNORE elsewhere, and around untyped clicks or classes not in ``classes``
+    (the nearest click decides, so neighbouring disks never overlap)."""
+    target = np.full(shape, IGNORE, dtype=np.uint8)
+    if len(points_xy) == 0 or not classes:
+        return target
+    lookup = {name: index for index, name in enumerate(classes)}
+    index_of_point = np.array([lookup.get(str(n), IGNORE) for n in point_classes], np.uint8)
+    near = nearest_points(points_xy, shape)
+    inside = near.d1 <= radius_px
+    target[inside] = index_of_point[near.i1[inside]]
+    return target
+
+
+def with_class_map(
+    img: PreparedImage, classes: Sequence[str], *, radius_px: float
+) -> PreparedImage:
+    """The image with its class target for ``classes``."""
+    target = class_target(
+        img.image.shape[:2], img.points_xy, img.point_classes, classes, radius_px=radius_px
+    )
+    return replace(img, class_map=target)
 
 
 def resample(
@@ -110,13 +153,22 @@ def prepare_image(
                         data["cluster"],
                         data["repel"],
                         data["points_xy"],
+                        data["point_classes"],
                     )
             except (OSError, KeyError, ValueError, zipfile.BadZipFile):
                 log.warning("ignoring unreadable cache file %s", cached)
     points = read_points(pair.points, image_shape=image.shape, clip=clip)
     pixels, xy = resample(image.pixels, points.xy, pixel_size / working_mpp)
     enc = encode(pixels, xy, mpp=working_mpp, params=params)
-    prepared = PreparedImage(pair.stem, pixels, enc.voronoi, enc.cluster, enc.filtered_repel, xy)
+    prepared = PreparedImage(
+        pair.stem,
+        pixels,
+        enc.voronoi,
+        enc.cluster,
+        enc.filtered_repel,
+        xy,
+        point_class_names(points.classes),
+    )
     if cached is not None:
         with atomic_output(cached) as tmp:
             np.savez(
@@ -126,6 +178,7 @@ def prepare_image(
                 cluster=prepared.cluster,
                 repel=prepared.repel,
                 points_xy=prepared.points_xy,
+                point_classes=prepared.point_classes,
             )
     return prepared
 
@@ -170,9 +223,23 @@ class AugmentParams:
     max_rotation_deg: float = 15.0
     scale_range: tuple[float, float] = (0.8, 1.25)  # random resize
     max_shear_deg: float = 5.0
+    # stain jitter (Tellez et al. 2018): each of the hematoxylin, eosin and DAB optical
+    # densities scaled by U(1-s, 1+s) and shifted by U(-s, s); 0 = off
+    hed_jitter: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def hed_jitter(images: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Perturb the stains of RGB uint8 images (B, H, W, 3): colour deconvolution into
+    hematoxylin / eosin / DAB optical densities (Ruifrok & Johnston), ``od * alpha + beta``
+    per image and stain (B, 3), and back. Invertible: alpha 1 and beta 0 return the input."""
+    density = -np.log((images.astype(np.float32) + 1.0) / 256.0)
+    stains = density @ HED_FROM_RGB.astype(np.float32)
+    stains = stains * alpha[:, None, None, :] + beta[:, None, None, :]
+    back = 256.0 * np.exp(-(stains @ RGB_FROM_HED.astype(np.float32))) - 1.0
+    return np.clip(np.rint(back), 0, 255).astype(np.uint8)
 
 
 NO_AUGMENT = AugmentParams(
@@ -217,10 +284,17 @@ class PatchSampler:
         self.window = patch_size + 2 * math.ceil(max(margin, 0.0) / 2)
 
     def batch(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Normalised images (B, 3, P, P) and targets {voronoi, cluster: long, repel: float}."""
+        """Normalised images (B, 3, P, P) and targets {voronoi, cluster, class: long,
+        repel: float}."""
         rng = np.random.default_rng([self.seed, step])
         windows = [self._window(rng) for _ in range(self.batch_size)]
         thetas = np.stack([self._theta(rng) for _ in range(self.batch_size)])
+        jitter = self.augment.hed_jitter
+        if jitter > 0:
+            alpha = rng.uniform(1 - jitter, 1 + jitter, size=(self.batch_size, 3))
+            beta = rng.uniform(-jitter, jitter, size=(self.batch_size, 3))
+            images = hed_jitter(np.stack([w[0] for w in windows]), alpha, beta)
+            windows = [(image, *w[1:]) for image, w in zip(images, windows, strict=True)]
         return self.warp(windows, torch.from_numpy(thetas).float())
 
     def _window(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -254,7 +328,7 @@ class PatchSampler:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = torch.from_numpy(np.stack([w[0] for w in windows])).permute(0, 3, 1, 2)
         images = (images.float() / 255.0 - self.mean) / self.std
-        labels = torch.from_numpy(np.stack([np.stack(w[1:3]) for w in windows])).float()
+        labels = torch.from_numpy(np.stack([np.stack([w[1], w[2], w[4]]) for w in windows])).float()
         repel = torch.from_numpy(np.stack([w[3] for w in windows]))[:, None]
         size = (len(windows), 1, self.patch_size, self.patch_size)
         grid = F.affine_grid(thetas, list(size), align_corners=False)
@@ -273,6 +347,7 @@ class PatchSampler:
             "voronoi": labels[:, 0].long(),
             "cluster": labels[:, 1].long(),
             "repel": repel[:, 0],
+            "class": labels[:, 2].long(),
         }
 
 
@@ -291,6 +366,7 @@ def crop_window(
     out_vor = np.full((size, size), IGNORE, np.uint8)
     out_clu = np.full((size, size), IGNORE, np.uint8)
     out_rep = np.zeros((size, size), np.float32)
+    out_cls = np.full((size, size), IGNORE, np.uint8)
     if r1 > r0 and c1 > c0:
         dst = (slice(r0 - top, r1 - top), slice(c0 - left, c1 - left))
         src = (slice(r0, r1), slice(c0, c1))
@@ -298,7 +374,9 @@ def crop_window(
         out_vor[dst] = img.voronoi[src]
         out_clu[dst] = img.cluster[src]
         out_rep[dst] = img.repel[src]
-    return out_image, out_vor, out_clu, out_rep
+        if img.class_map is not None:
+            out_cls[dst] = img.class_map[src]
+    return out_image, out_vor, out_clu, out_rep, out_cls
 
 
 def grid_batches(

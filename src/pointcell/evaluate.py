@@ -19,14 +19,17 @@ from pathlib import Path
 import numpy as np
 from skimage.draw import polygon as fill_polygon
 
+from pointcell.data import point_class_names
 from pointcell.errors import PointcellInputError
 from pointcell.io.atomic import atomic_output
 from pointcell.io.images import read_label_image
 from pointcell.io.points import instance_centroids, read_points, read_polygons
 from pointcell.metrics import (
     DetectionScores,
+    class_match_counts,
     concordance,
     detection_scores,
+    positive_percentage,
     segmentation_scores,
 )
 from pointcell.predict import SUMMARY_FILE
@@ -40,6 +43,7 @@ GT_SUFFIXES = (".tif", ".tiff", ".png", ".xml", ".geojson", ".json", ".csv")
 class GroundTruth:
     labels: np.ndarray | None  # instance labels, or None when only points are known
     points_xy: np.ndarray
+    point_classes: np.ndarray | None = None  # class names of typed points ("" untyped)
 
 
 def rasterise(outlines: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -68,7 +72,8 @@ def read_ground_truth(path: Path, shape: tuple[int, int]) -> GroundTruth:
         if outlines:
             labels = rasterise(outlines, shape)
             return GroundTruth(labels, instance_centroids(labels))
-    return GroundTruth(None, read_points(path, image_shape=shape, clip=True).xy)
+    points = read_points(path, image_shape=shape, clip=True)
+    return GroundTruth(None, points.xy, point_class_names(points.classes))
 
 
 @dataclass
@@ -78,8 +83,8 @@ class EvaluationReport:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "aggregation": "segmentation: mean over images; detection: pooled TP/FP/FN; "
-            "count_ccc: across images",
+            "aggregation": "segmentation: mean over images; detection and classes: pooled "
+            "over cells; count_ccc and positive_ccc: across images",
             "aggregate": self.aggregate,
             "per_image": self.per_image,
         }
@@ -99,11 +104,16 @@ def _pixel_size(pred_dir: Path, stem: str, mpp: float | None) -> float:
     )
 
 
-def _predicted_points(pred_dir: Path, stem: str, labels: np.ndarray) -> np.ndarray:
+def _predicted_points(
+    pred_dir: Path, stem: str, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted centres and their class names ("" without classes)."""
     table = pred_dir / f"{stem}.csv"
     if table.is_file():
-        return read_points(table).xy
-    return instance_centroids(labels)
+        points = read_points(table)
+        return points.xy, point_class_names(points.classes)
+    centres = instance_centroids(labels)
+    return centres, np.full(len(centres), "")
 
 
 def _match_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]]:
@@ -142,11 +152,12 @@ def evaluate(
     report = EvaluationReport()
     pooled = DetectionScores(0, 0, 0)
     counts_true, counts_pred = [], []
+    typed: dict[str, tuple[GroundTruth, np.ndarray, np.ndarray, float]] = {}
     for stem, pred_path, gt_path in _match_files(pred_dir, gt_dir):
         labels = read_label_image(pred_path)
         truth = read_ground_truth(gt_path, labels.shape)
         pixel_size = _pixel_size(pred_dir, stem, mpp)
-        points = _predicted_points(pred_dir, stem, labels)
+        points, pred_classes = _predicted_points(pred_dir, stem, labels)
         detection = detection_scores(truth.points_xy, points, radius=radius_um / pixel_size)
         pooled = pooled + detection
         row: dict[str, float] = {"n_true": len(truth.points_xy), "n_pred": len(points)}
@@ -156,6 +167,8 @@ def evaluate(
         report.per_image[stem] = row
         counts_true.append(len(truth.points_xy))
         counts_pred.append(len(points))
+        if truth.point_classes is not None and (truth.point_classes != "").any():
+            typed[stem] = (truth, points, pred_classes, radius_um / pixel_size)
     for key in SEGMENTATION_KEYS:
         values = [r[key] for r in report.per_image.values() if key in r]
         if values:
@@ -166,7 +179,61 @@ def evaluate(
     if len(counts_true) >= 2:
         ccc = concordance(counts_true, counts_pred)
         report.aggregate.update(count_ccc=ccc.ccc, count_ccc_low=ccc.low, count_ccc_high=ccc.high)
+    if typed:
+        _class_report(report, typed)
     return report
+
+
+def _class_report(
+    report: EvaluationReport, typed: dict[str, tuple[GroundTruth, np.ndarray, np.ndarray, float]]
+) -> None:
+    """Per-class F_c, confusion matrix and macro/weighted F1 (pooled over images), and the
+    positive percentage (e.g. Ki67 index) per image with its error and CCC across images."""
+    classes = sorted(
+        {str(n) for truth, _, _, _ in typed.values() for n in truth.point_classes} - {""}
+    )
+    index = {name: i for i, name in enumerate(classes)}
+    pooled = None
+    true_index, pred_index = [], []
+    for stem, (truth, pred_xy, pred_names, radius) in typed.items():
+        counts = class_match_counts(
+            truth.points_xy,
+            [index.get(str(n), -1) for n in truth.point_classes],
+            pred_xy,
+            [index.get(str(n), -1) for n in pred_names],
+            n_classes=len(classes),
+            radius=radius,
+        )
+        pooled = counts if pooled is None else pooled + counts
+        true_pct, pred_pct = (
+            positive_percentage(truth.point_classes),
+            positive_percentage(pred_names),
+        )
+        if true_pct is not None and pred_pct is not None:
+            report.per_image[stem].update(
+                positive_percent_true=true_pct,
+                positive_percent_pred=pred_pct,
+                positive_percent_abs_error=abs(pred_pct - true_pct),
+            )
+            true_index.append(true_pct)
+            pred_index.append(pred_pct)
+    assert pooled is not None
+    macro, weighted, matched = pooled.matched_f1()
+    report.aggregate["classes"] = classes
+    report.aggregate["class_fc"] = dict(zip(classes, map(float, pooled.class_f1()), strict=True))
+    report.aggregate["class_f1_matched"] = dict(zip(classes, map(float, matched), strict=True))
+    report.aggregate["class_macro_f1"] = macro
+    report.aggregate["class_weighted_f1"] = weighted
+    report.aggregate["class_confusion"] = pooled.confusion.tolist()
+    if true_index:
+        errors = np.abs(np.subtract(pred_index, true_index))
+        report.aggregate["positive_percent_mae"] = float(errors.mean())
+        report.aggregate["positive_percent_max_error"] = float(errors.max())
+        if len(true_index) >= 2:
+            ccc = concordance(true_index, pred_index)
+            report.aggregate.update(
+                positive_ccc=ccc.ccc, positive_ccc_low=ccc.low, positive_ccc_high=ccc.high
+            )
 
 
 def write_report(

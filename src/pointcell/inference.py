@@ -25,7 +25,13 @@ from pointcell.data import resample
 from pointcell.device import autocast_dtype, select_device
 from pointcell.errors import PointcellInputError
 from pointcell.io.checkpoints import load_checkpoint
-from pointcell.model import ENCODER_STRIDE, NUCLEUS_CHANNEL, ModelConfig, build_model
+from pointcell.model import (
+    ENCODER_STRIDE,
+    ModelConfig,
+    build_model,
+    class_probabilities,
+    nucleus_probability,
+)
 from pointcell.postprocess import PostprocessParams
 from pointcell.pretrained import PRETRAINED, cast_state_to_float, pretrained_path
 
@@ -42,6 +48,7 @@ class Predictor:
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype, None for fp32
     source: str
+    classes: tuple[str, ...] = ()  # cell classes of a classifying model
 
     def autocast(self):  # noqa: ANN201
         if self.dtype is None:
@@ -101,6 +108,7 @@ def predictor_from_state(
         chosen,
         autocast_dtype(chosen, precision),
         source,
+        config.classes,
     )  # type: ignore[arg-type]
 
 
@@ -139,6 +147,22 @@ def predict_probability(
     progress: bool = False,
 ) -> np.ndarray:
     """Nucleus probability (H, W) float32 of an RGB image already at the working pixel size."""
+    return predict_maps(
+        predictor, image, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
+    )[0]
+
+
+def predict_maps(
+    predictor: Predictor,
+    image: np.ndarray,
+    *,
+    tile: int = 512,
+    overlap: int = 128,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> np.ndarray:
+    """(1 + K, H, W) float32 maps of an RGB image at the working pixel size: the nucleus
+    probability, then the probability of each of the model's K cell classes."""
     if tile % ENCODER_STRIDE or overlap % ENCODER_STRIDE or overlap >= tile:
         raise ValueError(
             f"tile and overlap must be multiples of {ENCODER_STRIDE}, overlap smaller than tile"
@@ -154,7 +178,8 @@ def predict_probability(
     weight = np.outer(
         blend_weights(th, overlap if ph > th else 0), blend_weights(tw, overlap if pw > tw else 0)
     )
-    total = np.zeros((ph, pw), np.float32)
+    n_maps = 1 + len(predictor.classes)
+    total = np.zeros((n_maps, ph, pw), np.float32)
     norm = np.zeros((ph, pw), np.float32)
     mean = torch.tensor(predictor.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(predictor.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -171,13 +196,16 @@ def predict_probability(
         tensor = tensor.to(predictor.device, memory_format=torch.channels_last)
         with torch.inference_mode(), predictor.autocast():
             logits = predictor.model(tensor)
-        probs = torch.softmax(logits.float(), dim=1)[:, NUCLEUS_CHANNEL].cpu().numpy()
-        for (y, x), prob in zip(chunk, probs, strict=True):
-            total[y : y + th, x : x + tw] += prob * weight
+        maps = nucleus_probability(logits)[:, None]
+        if predictor.classes:
+            maps = torch.cat([maps, class_probabilities(logits)], dim=1)
+        maps = maps.cpu().numpy()
+        for (y, x), tile_maps in zip(chunk, maps, strict=True):
+            total[:, y : y + th, x : x + tw] += tile_maps * weight
             norm[y : y + th, x : x + tw] += weight
         bar.update(len(chunk))
     bar.close()
-    return (total / norm)[:h, :w]
+    return (total / norm)[:, :h, :w]
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -197,13 +225,38 @@ def predict_image(
 ) -> np.ndarray:
     """Nucleus probability at the input's size: resample to the working pixel size, predict,
     resample back (bilinear)."""
+    return predict_image_maps(
+        predictor,
+        image,
+        mpp=mpp,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        progress=progress,
+    )[0]
+
+
+def predict_image_maps(
+    predictor: Predictor,
+    image: np.ndarray,
+    *,
+    mpp: float,
+    tile: int = 512,
+    overlap: int = 128,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> np.ndarray:
+    """:func:`predict_maps` at the input's size (nucleus, then class probabilities)."""
     factor = mpp / predictor.working_mpp
     working, _ = resample(image, np.empty((0, 2)), factor)
-    probability = predict_probability(
+    maps = predict_maps(
         predictor, working, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
     )
-    if probability.shape != image.shape[:2]:
-        probability = resize(
-            probability, image.shape[:2], order=1, preserve_range=True, anti_aliasing=False
+    if maps.shape[1:] != image.shape[:2]:
+        maps = np.stack(
+            [
+                resize(m, image.shape[:2], order=1, preserve_range=True, anti_aliasing=False)
+                for m in maps
+            ]
         ).astype(np.float32)
-    return probability
+    return maps

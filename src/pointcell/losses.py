@@ -6,6 +6,11 @@ Functional losses take the network's logits (B, 2, H, W) and a target (B, H, W):
 * cluster: cross-entropy (paper eq. 1); pointcell's cluster label also has an ignore value;
 * repel: mean squared error between the nucleus probability and the filtered repel (eq. 3).
 
+A classifying model (typed points) adds a fourth loss, ``class``: cross-entropy of its class
+channels against the class target, which labels only the pixels at and around typed points
+(everything else, untyped points included, is ignored). It is added at every iteration, on top
+of what the combiner chooses among the paper's three tasks, which stay as in the paper.
+
 Combiners: ``scheduler`` (paper eq. 4: one task per iteration, in the order Voronoi, repel,
 cluster), ``sum`` (Qu et al. 2019) and ``uncertainty`` (Kendall et al. 2018, learned
 log-variances).
@@ -21,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointcell.encodings import IGNORE
-from pointcell.model import nucleus_probability
+from pointcell.model import N_OUTPUTS, nucleus_probability
 
 TASKS = ("voronoi", "repel", "cluster")  # the paper's scheduler order
 REGRESSION_TASKS = ("repel",)
@@ -41,14 +46,23 @@ def repel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(nucleus_probability(logits), target.float())
 
 
+def class_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the class channels over the labelled pixels (typed points)."""
+    return labelled_cross_entropy(logits[:, N_OUTPUTS:], target)
+
+
 LOSSES = {"voronoi": labelled_cross_entropy, "cluster": labelled_cross_entropy, "repel": repel_loss}
 
 
 def task_losses(
     logits: torch.Tensor, targets: Mapping[str, torch.Tensor], tasks: Sequence[str]
 ) -> dict[str, torch.Tensor]:
-    """Loss of every task in ``tasks`` against its target."""
-    return {task: LOSSES[task](logits, targets[task]) for task in tasks}
+    """Loss of every task in ``tasks`` against its target; ``class`` too when the logits have
+    class channels."""
+    losses = {task: LOSSES[task](logits[:, :N_OUTPUTS], targets[task]) for task in tasks}
+    if logits.shape[1] > N_OUTPUTS and "class" in targets:
+        losses["class"] = class_loss(logits, targets["class"])
+    return losses
 
 
 class TaskCombiner(nn.Module):
@@ -82,8 +96,10 @@ class TaskCombiner(nn.Module):
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.mode != "uncertainty":
             return torch.stack([losses[t] for t in losses]).sum()
-        total = []
+        total = [losses["class"]] if "class" in losses else []
         for task, loss in losses.items():
+            if task == "class":
+                continue
             s = self.log_vars[task]
             scale = 0.5 if task in REGRESSION_TASKS else 1.0
             total.append(scale * torch.exp(-s) * loss + 0.5 * s)

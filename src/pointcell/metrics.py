@@ -279,3 +279,98 @@ def concordance(x: np.ndarray, y: np.ndarray, *, confidence: float = 0.95) -> Co
     half = norm.ppf(0.5 + confidence / 2) * math.sqrt(max(variance, 0.0))
     z = math.atanh(ccc)
     return Concordance(float(ccc), math.tanh(z - half), math.tanh(z + half))
+
+
+def proportion_ci(successes: int, total: int, *, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default); (0, 1) when ``total`` is 0."""
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class ClassMatchCounts:
+    """Detection and classification counts of one or more images, after matching centres.
+
+    ``confusion[t, p]``: matched pairs with true class t and predicted class p;
+    ``unmatched_true[c]`` / ``unmatched_pred[c]``: missed true cells and spurious predicted
+    cells of class c. Counts of several images add up.
+    """
+
+    confusion: np.ndarray
+    unmatched_true: np.ndarray
+    unmatched_pred: np.ndarray
+
+    def __add__(self, other: ClassMatchCounts) -> ClassMatchCounts:
+        return ClassMatchCounts(
+            self.confusion + other.confusion,
+            self.unmatched_true + other.unmatched_true,
+            self.unmatched_pred + other.unmatched_pred,
+        )
+
+    def class_f1(self) -> np.ndarray:
+        """HoVer-Net's per-class F_c (Graham et al. 2019, eq. 6): on matched pairs TP_c, TN_c,
+        FP_c, FN_c of class c, plus unmatched detections FP_d and misses FN_d of class c,
+        F_c = 2(TP_c+TN_c) / (2(TP_c+TN_c) + 2FP_c + 2FN_c + FP_d + FN_d)."""
+        matrix = self.confusion
+        total = matrix.sum()
+        tp = np.diag(matrix)
+        fp = matrix.sum(axis=0) - tp
+        fn = matrix.sum(axis=1) - tp
+        tn = total - tp - fp - fn
+        numerator = 2 * (tp + tn)
+        denominator = numerator + 2 * fp + 2 * fn + self.unmatched_pred + self.unmatched_true
+        return np.divide(numerator, denominator, out=np.zeros(len(tp)), where=denominator > 0)
+
+    def matched_f1(self) -> tuple[float, float, np.ndarray]:
+        """Macro and support-weighted F1 of the classes over matched pairs, and each class's
+        F1 (classification quality alone, detection errors left out)."""
+        matrix = self.confusion
+        tp = np.diag(matrix).astype(float)
+        precision_den = matrix.sum(axis=0)
+        recall_den = matrix.sum(axis=1)
+        denominator = precision_den + recall_den
+        f1 = np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
+        present = recall_den > 0
+        macro = float(f1[present].mean()) if present.any() else 0.0
+        weighted = float((f1 * recall_den).sum() / recall_den.sum()) if recall_den.sum() else 0.0
+        return macro, weighted, f1
+
+
+def class_match_counts(
+    true_xy: np.ndarray,
+    true_class: np.ndarray,
+    pred_xy: np.ndarray,
+    pred_class: np.ndarray,
+    *,
+    n_classes: int,
+    radius: float,
+) -> ClassMatchCounts:
+    """Match centres (Hungarian, within ``radius``) and count classes; class indices < 0 (an
+    untyped true cell) are left out of every class count."""
+    true_class = np.asarray(true_class, int)
+    pred_class = np.asarray(pred_class, int)
+    true_index, pred_index = match_points(true_xy, pred_xy, radius=radius)
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    t, p = true_class[true_index], pred_class[pred_index]
+    typed = (t >= 0) & (p >= 0)
+    np.add.at(confusion, (t[typed], p[typed]), 1)
+    missed = np.setdiff1d(np.arange(len(true_class)), true_index)
+    spurious = np.setdiff1d(np.arange(len(pred_class)), pred_index)
+    return ClassMatchCounts(
+        confusion,
+        np.bincount(true_class[missed][true_class[missed] >= 0], minlength=n_classes),
+        np.bincount(pred_class[spurious][pred_class[spurious] >= 0], minlength=n_classes),
+    )
+
+
+def positive_percentage(names: list[str] | np.ndarray) -> float | None:
+    """100 * positive / (positive + negative) of a list of class names; None without either."""
+    names = np.asarray(names, dtype=str)
+    positive = int((names == "positive").sum())
+    negative = int((names == "negative").sum())
+    total = positive + negative
+    return None if total == 0 else 100.0 * positive / total

@@ -1,6 +1,8 @@
 """The network: a U-Net with a ResNet (or any segmentation-models-pytorch) encoder.
 
-Two output channels — background and nucleus — turned into probabilities with a softmax.
+Two output channels — background and nucleus — turned into probabilities with a softmax; a
+model trained on typed points has one more channel per cell class (a per-pixel class head,
+its own softmax over those channels).
 :class:`ModelConfig` holds only JSON-serialisable values, so a checkpoint's config rebuilds it.
 """
 
@@ -27,15 +29,25 @@ class ModelConfig:
 
     encoder: str = "resnet50"
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    classes: tuple[str, ...] = ()  # cell classes of a classifying model, in channel order
+
+    @property
+    def n_outputs(self) -> int:
+        return N_OUTPUTS + len(self.classes)
 
     def to_dict(self) -> dict[str, object]:
-        return {"encoder": self.encoder, "decoder_channels": list(self.decoder_channels)}
+        return {
+            "encoder": self.encoder,
+            "decoder_channels": list(self.decoder_channels),
+            "classes": list(self.classes),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ModelConfig:
         return cls(
             encoder=str(data["encoder"]),
             decoder_channels=tuple(int(c) for c in data["decoder_channels"]),
+            classes=tuple(str(c) for c in data.get("classes", ())),
         )
 
 
@@ -63,7 +75,7 @@ def _unet(config: ModelConfig, *, weights: str | None) -> nn.Module:
     return smp.Unet(
         encoder_name=config.encoder,
         encoder_weights=weights,
-        classes=N_OUTPUTS,
+        classes=config.n_outputs,
         decoder_channels=config.decoder_channels,
     )
 
@@ -107,6 +119,11 @@ def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> None
         ) from exc
 
 
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, H, W) probabilities of the K cell classes (softmax over the class channels)."""
+    return torch.softmax(logits[:, N_OUTPUTS:].float(), dim=1)
+
+
 def nucleus_probability(logits: torch.Tensor) -> torch.Tensor:
     """Softmax probability of the nucleus channel, (B, H, W)."""
-    return torch.softmax(logits.float(), dim=1)[:, NUCLEUS_CHANNEL]
+    return torch.softmax(logits[:, :N_OUTPUTS].float(), dim=1)[:, NUCLEUS_CHANNEL]

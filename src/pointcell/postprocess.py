@@ -9,7 +9,7 @@ than a minimum area are removed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -45,13 +45,16 @@ class Cells:
     """Post-processed output of one image.
 
     ``labels`` (H, W) instance labels; ``xy`` (N, 2) detected centres as (x, y); ``score`` the
-    probability at each centre; ``instance`` the label holding each centre (0 if none).
+    probability at each centre; ``instance`` the label holding each centre (0 if none); for a
+    classifying model, the class of each cell and its probability.
     """
 
     labels: np.ndarray
     xy: np.ndarray
     score: np.ndarray
     instance: np.ndarray
+    class_index: np.ndarray | None = None  # (N,) index into the model's classes
+    class_probability: np.ndarray | None = None  # (N,) probability of that class
 
     def areas(self) -> np.ndarray:
         """Area in pixels of the instance of every detection (0 when outside any)."""
@@ -149,4 +152,28 @@ def postprocess(
     xy = peaks[:, ::-1].astype(np.float64)
     return Cells(
         labels=labels, xy=xy, score=score.astype(np.float32), instance=instance.astype(np.int32)
+    )
+
+
+CLASS_SMOOTH_UM = 1.0  # class probabilities are averaged over about the class target's disk
+
+
+def classify(cells: Cells, class_maps: np.ndarray, *, mpp: float) -> Cells:
+    """Give every detected cell the most probable class around its centre.
+
+    ``class_maps`` (K, H, W) are the class probabilities; each is smoothed (σ = 1 µm, the
+    scale the class head was trained at) and read at the centre.
+    """
+    if len(cells.xy) == 0:
+        empty = np.zeros(0)
+        return replace(cells, class_index=empty.astype(np.int32), class_probability=empty)
+    rows = np.rint(cells.xy[:, 1]).astype(int)
+    cols = np.rint(cells.xy[:, 0]).astype(int)
+    sampled = np.stack([_smooth(m, CLASS_SMOOTH_UM / mpp)[rows, cols] for m in class_maps])
+    sampled /= np.maximum(sampled.sum(axis=0, keepdims=True), 1e-12)
+    index = sampled.argmax(axis=0).astype(np.int32)
+    return replace(
+        cells,
+        class_index=index,
+        class_probability=sampled[index, np.arange(len(index))].astype(np.float32),
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,9 @@ from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
 from pointcell.errors import PointcellInputError
-from pointcell.inference import Predictor, predict_image
+from pointcell.inference import Predictor, predict_image_maps
 from pointcell.io.atomic import atomic_output
-from pointcell.io.cells import write_cells_csv, write_cells_geojson
+from pointcell.io.cells import cell_class_names, write_cells_csv, write_cells_geojson
 from pointcell.io.images import (
     IMAGE_SUFFIXES,
     read_image,
@@ -25,8 +26,9 @@ from pointcell.io.images import (
     write_rgb_png,
 )
 from pointcell.io.slides import SLIDE_SUFFIXES, slide_stem
+from pointcell.metrics import proportion_ci
 from pointcell.overlay import draw_points
-from pointcell.postprocess import Cells, PostprocessParams, postprocess
+from pointcell.postprocess import Cells, PostprocessParams, classify, postprocess
 
 SUMMARY_FILE = "predictions.json"
 INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
@@ -40,6 +42,9 @@ class PredictionSummary:
     model_s: float  # resampling and network
     postprocess_s: float
     megapixels: float
+    class_counts: dict[str, int] = field(default_factory=dict)
+    positive_percent: float | None = None  # positive / (positive + negative), in %
+    positive_ci: tuple[float, float] | None = None  # its 95% Wilson interval
 
 
 def list_images(locations: list[str | os.PathLike[str]]) -> list[Path]:
@@ -86,16 +91,32 @@ def write_prediction(
     mpp: float,
     probability: np.ndarray | None = None,
     overlay: bool = True,
+    classes: tuple[str, ...] = (),
 ) -> None:
     """Write the outputs of one image: labels TIFF, cells CSV and GeoJSON, optional
     probability map and overlay."""
     write_label_tiff(out / f"{stem}.tif", cells.labels)
-    write_cells_csv(out / f"{stem}.csv", cells, mpp=mpp)
-    write_cells_geojson(out / f"{stem}.geojson", cells, mpp=mpp)
+    write_cells_csv(out / f"{stem}.csv", cells, mpp=mpp, classes=classes)
+    write_cells_geojson(out / f"{stem}.geojson", cells, mpp=mpp, classes=classes)
     if probability is not None:
         write_float_tiff(out / f"{stem}_probability.tif", probability)
     if overlay:
         write_rgb_png(out / f"{stem}_overlay.png", cells_overlay(image, cells.labels, cells.xy))
+
+
+def class_summary(names: list[str]) -> dict[str, object]:
+    """Cells per class and, when classes ``positive`` and ``negative`` exist, the positive
+    percentage (e.g. the Ki67 index) with its 95% Wilson confidence interval."""
+    if not names:
+        return {}
+    counts = dict(sorted(Counter(names).items()))
+    summary: dict[str, object] = {"class_counts": counts}
+    positive, negative = counts.get("positive", 0), counts.get("negative", 0)
+    if positive + negative:
+        low, high = proportion_ci(positive, positive + negative)
+        summary["positive_percent"] = 100.0 * positive / (positive + negative)
+        summary["positive_ci"] = (100.0 * low, 100.0 * high)
+    return summary
 
 
 def write_summary(
@@ -136,7 +157,7 @@ def predict_images(
         loaded = read_image(path)
         pixel_size = resolve_mpp(loaded, mpp)
         start = time.perf_counter()
-        probability = predict_image(
+        maps = predict_image_maps(
             predictor,
             loaded.pixels,
             mpp=pixel_size,
@@ -146,26 +167,29 @@ def predict_images(
             progress=progress,
         )
         modelled = time.perf_counter()
-        cells = postprocess(probability, mpp=pixel_size, params=params)
+        cells = postprocess(maps[0], mpp=pixel_size, params=params)
+        if predictor.classes:
+            cells = classify(cells, maps[1:], mpp=pixel_size)
         done = time.perf_counter()
-        stem = path.stem
-        write_label_tiff(out / f"{stem}.tif", cells.labels)
-        write_cells_csv(out / f"{stem}.csv", cells, mpp=pixel_size)
-        write_cells_geojson(out / f"{stem}.geojson", cells, mpp=pixel_size)
-        if save_probability:
-            write_float_tiff(out / f"{stem}_probability.tif", probability)
-        if overlay:
-            write_rgb_png(
-                out / f"{stem}_overlay.png", cells_overlay(loaded.pixels, cells.labels, cells.xy)
-            )
+        write_prediction(
+            out,
+            path.stem,
+            loaded.pixels,
+            cells,
+            mpp=pixel_size,
+            probability=maps[0] if save_probability else None,
+            overlay=overlay,
+            classes=predictor.classes,
+        )
         summaries.append(
             PredictionSummary(
-                stem,
+                path.stem,
                 pixel_size,
                 len(cells.xy),
                 modelled - start,
                 done - modelled,
                 loaded.pixels.shape[0] * loaded.pixels.shape[1] / 1e6,
+                **class_summary(cell_class_names(cells, predictor.classes) or []),
             )
         )
     record = {

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ from pointcell.data import (
     grid_batches,
     prepare_image,
     split_stems,
+    with_class_map,
 )
 from pointcell.device import Precision, autocast_dtype, select_device
 from pointcell.encodings import EncodingParams
@@ -88,6 +89,10 @@ class TrainConfig:
     precision: Precision = "auto"
     cache_dir: str | None = None  # default: ~/.cache/pointcell/encodings
     snapshot_every: int | None = None  # keep the weights every N steps (learning curves)
+    # cell classes: None = the class names found on the training points (no names: detection
+    # only); () = ignore them; the final list is stored in model.classes
+    classes: tuple[str, ...] | None = None
+    class_radius_um: float = 2.0  # class target: disks of this radius around typed clicks
     init_from: str | None = None  # start from a shipped model or checkpoint (fine-tuning)
 
     def __post_init__(self) -> None:
@@ -114,6 +119,8 @@ class TrainConfig:
         data["augment"] = AugmentParams(**augment)
         data["tasks"] = tuple(data["tasks"])
         data["split_fractions"] = tuple(data["split_fractions"])
+        if data.get("classes") is not None:
+            data["classes"] = tuple(data["classes"])
         return cls(**data)
 
 
@@ -288,7 +295,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, encoder_weights=config.encoder_weights)
         if initial_weights is not None:
-            self.model.load_state_dict(cast_state_to_float(initial_weights))
+            self.model.load_state_dict(
+                adapt_output_head(cast_state_to_float(initial_weights), self.model.state_dict())
+            )
         self.model.to(self.device, memory_format=torch.channels_last)
         # gradients flow through `trained` (the DDP wrapper when distributed) and are
         # averaged across processes; `model` is the plain network for eval and checkpoints
@@ -357,6 +366,8 @@ class Trainer:
         """Mean loss of every task over a grid of patches of the validation images."""
         self.model.eval()
         sums = dict.fromkeys(TASKS, 0.0)
+        if self.config.model.classes:
+            sums["class"] = 0.0
         count = 0
         for batch, targets in grid_batches(
             images,
@@ -373,7 +384,7 @@ class Trainer:
                 sums[task] += float(value) * len(batch)
             count += len(batch)
         result = {f"val_{k}": v / count for k, v in sums.items()}
-        result["val_loss"] = sum(result.values()) / len(TASKS)
+        result["val_loss"] = sum(result[f"val_{k}"] for k in TASKS) / len(TASKS)
         result["val_det_f1"] = self.detection_f1(images)
         return result
 
@@ -446,6 +457,47 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
 
+def adapt_output_head(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Fit a checkpoint's weights to a network whose output head has other class channels:
+    the shared leading channels (background, nucleus, common classes) are kept, the others
+    take the new network's initial values — so a detection model can be fine-tuned into a
+    classifier."""
+    adapted = dict(state)
+    for name, value in state.items():
+        wanted = target.get(name)
+        if wanted is None or wanted.shape == value.shape or not name.startswith("segmentation"):
+            continue
+        merged = wanted.clone()
+        n = min(len(value), len(wanted))
+        merged[:n] = value[:n]
+        adapted[name] = merged
+    return adapted
+
+
+def discover_classes(images: list[PreparedImage]) -> tuple[str, ...]:
+    """Sorted class names of the typed clicks of the training images."""
+    names = set()
+    for img in images:
+        names.update(str(n) for n in img.point_classes if n)
+    return tuple(sorted(names))
+
+
+def _with_classes(config: TrainConfig, train_images: list[PreparedImage]) -> TrainConfig:
+    """Fix the run's class list: asked for, found on the clicks, or that of --init-from."""
+    if config.classes is not None:
+        classes = config.classes
+    else:
+        classes = discover_classes(train_images)
+        if len(classes) == 1:
+            log.info("all typed points are %r: training detection only", classes[0])
+            classes = ()
+    if classes:
+        log.info("training a classifier of %d cell classes: %s", len(classes), ", ".join(classes))
+    return replace(config, model=replace(config.model, classes=tuple(classes)))
+
+
 def _initial_state(config: TrainConfig) -> dict[str, Any] | None:
     """The checkpoint to fine-tune from, checked against the run's architecture."""
     if config.init_from is None:
@@ -454,7 +506,7 @@ def _initial_state(config: TrainConfig) -> dict[str, Any] | None:
 
     state = load_checkpoint(resolve_checkpoint(config.init_from))
     architecture = ModelConfig.from_dict(state["config"]["model"])
-    if architecture != config.model:
+    if replace(architecture, classes=()) != replace(config.model, classes=()):
         raise PointcellInputError(
             f"--init-from {config.init_from} is a {architecture.encoder} U-Net but the run "
             f"asks for {config.model.encoder}; drop --encoder to use the model's own"
@@ -534,10 +586,6 @@ def _fit(
             f"no image in {config.images} has a points file in {config.points}"
         )
     split = resolve_split(config, sorted(p.stem for p in pairs))
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", config.to_dict())
-        _write_json(run_dir / "split.json", split)
     needed = set(split["train"]) | set(split["val"])
     wanted = [p for p in pairs if p.stem in needed]
     if not dist.is_main:
@@ -545,6 +593,18 @@ def _fit(
     prepared = prepare_dataset(config, wanted, progress=progress and dist.is_main)
     if dist.is_main:
         dist.barrier()
+    if state is None:
+        config = _with_classes(config, [prepared[s] for s in split["train"]])
+    if config.model.classes:
+        radius = config.class_radius_um / config.working_mpp
+        prepared = {
+            stem: with_class_map(img, config.model.classes, radius_px=radius)
+            for stem, img in prepared.items()
+        }
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", config.to_dict())
+        _write_json(run_dir / "split.json", split)
     train_images = [prepared[s] for s in split["train"]]
     val_images = [prepared[s] for s in split["val"]] if dist.is_main else []
     if not split["val"] and dist.is_main:
@@ -606,7 +666,8 @@ def _loop(
     progress: bool,
 ) -> TrainResult:
     config = trainer.config
-    running: dict[str, list[float]] = {task: [] for task in config.tasks}
+    names = list(config.tasks) + (["class"] if config.model.classes else [])
+    running: dict[str, list[float]] = {task: [] for task in names}
     at = progress_state
     offset = at.elapsed_s - time.perf_counter()
     bar = tqdm(total=total, initial=at.step, desc="training", unit="step", disable=not progress)
@@ -629,7 +690,7 @@ def _loop(
                 row.update(
                     {f"train_{t}": float(np.mean(v)) if v else math.nan for t, v in running.items()}
                 )
-                running = {task: [] for task in config.tasks}
+                running = {task: [] for task in names}
                 if val_images:
                     row.update(trainer.validate(val_images))
                 history.append(row)

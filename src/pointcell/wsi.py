@@ -39,12 +39,14 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from pointcell.errors import PointcellInputError
-from pointcell.inference import Predictor, load_predictor, predict_probability
+from pointcell.inference import Predictor, load_predictor, predict_maps
 from pointcell.io.atomic import atomic_output
 from pointcell.io.cells import detection_feature, instance_outlines
 from pointcell.io.slides import Slide, SlideReader, open_slide, slide_stem
 from pointcell.postprocess import (
+    Cells,
     PostprocessParams,
+    classify,
     fill_small_holes,
     postprocess,
     remove_small_objects,
@@ -52,6 +54,7 @@ from pointcell.postprocess import (
 
 MANIFEST = "manifest.json"
 CSV_COLUMNS = ["id", "x", "y", "area_px", "area_um2", "score", "tile"]
+CLASS_COLUMNS = ["class", "class_probability"]
 
 
 @dataclass(frozen=True)
@@ -224,20 +227,24 @@ def read_region(
 
 
 def owned_cells(
-    probability: np.ndarray,
+    maps: np.ndarray,
     region: Region,
     task: TileTask,
     *,
     working_mpp: float,
     level0_mpp: float,
     params: PostprocessParams,
+    classes: tuple[str, ...] = (),
 ) -> list[list]:
-    """Post-process one region and keep the nuclei whose centroid lies in the task's core.
+    """Post-process one region's maps (nucleus, then class probabilities) and keep the nuclei
+    whose centroid lies in the task's core.
 
-    Each cell is ``[x, y, area_px, area_um2, score, outline]`` in level-0 pixels, the outline a
-    list of (x, y) vertices.
+    Each cell is ``[x, y, area_px, area_um2, score, outline, class, class_probability]`` in
+    level-0 pixels, the outline a list of (x, y) vertices, the class "" without classes.
     """
-    cells = postprocess(probability, mpp=working_mpp, params=params)
+    cells = postprocess(maps[0], mpp=working_mpp, params=params)
+    if classes:
+        cells = classify(cells, maps[1:], mpp=working_mpp)
     labels = cells.labels
     n = int(labels.max())
     if n == 0:
@@ -260,6 +267,10 @@ def owned_cells(
     owned[0] = False
     score = np.zeros(n + 1, dtype=np.float32)
     np.maximum.at(score, cells.instance, cells.score)
+    # the class of an instance is that of its most probable detection
+    best_row = np.full(n + 1, -1)
+    order = np.argsort(cells.score)
+    best_row[cells.instance[order]] = order
     outlines = instance_outlines(np.where(owned[labels], labels, 0))
     pixel_area0 = region.step[0] * region.step[1]
     result = []
@@ -276,9 +287,16 @@ def owned_cells(
                 round(float(area0 * level0_mpp**2), 3),
                 round(float(score[label]), 4),
                 np.round(region.to_level0(outline), 2).tolist(),
+                *_class_of(cells, int(best_row[label]), classes),
             ]
         )
     return result
+
+
+def _class_of(cells: Cells, row: int, classes: tuple[str, ...]) -> tuple[str, float]:
+    if not classes or row < 0 or cells.class_index is None:
+        return "", 0.0
+    return classes[cells.class_index[row]], round(float(cells.class_probability[row]), 4)
 
 
 # ---------------------------------------------------------------- streaming many tiles
@@ -313,15 +331,16 @@ def process_tiles(
         )
         return region, time.perf_counter() - start
 
-    def finish(task: TileTask, region: Region, probability: np.ndarray) -> tuple[int, float, float]:
+    def finish(task: TileTask, region: Region, maps: np.ndarray) -> tuple[int, float, float]:
         start = time.perf_counter()
         cells = owned_cells(
-            probability,
+            maps,
             region,
             task,
             working_mpp=predictor.working_mpp,
             level0_mpp=slide.mpp,
             params=job.params,
+            classes=predictor.classes,
         )
         posted = time.perf_counter()
         with atomic_output(part_path(parts, task.index)) as tmp:
@@ -339,7 +358,7 @@ def process_tiles(
                 reads.append(reader.submit(load, upcoming))
             times.read_s += read_s
             start = time.perf_counter()
-            probability = predict_probability(
+            maps = predict_maps(
                 predictor,
                 region.pixels,
                 tile=settings.network_tile,
@@ -348,7 +367,7 @@ def process_tiles(
             )
             times.model_s += time.perf_counter() - start
             times.megapixels += region.pixels.shape[0] * region.pixels.shape[1] / 1e6
-            writes.append(writer.submit(finish, task, region, probability))
+            writes.append(writer.submit(finish, task, region, maps))
             while writes and (len(writes) > prefetch or writes[0].done()):
                 _collect(writes.popleft().result(), times, on_tile)
         while writes:
@@ -404,7 +423,9 @@ def iter_part_cells(parts: Path, tasks: list[TileTask]) -> Iterator[tuple[int, l
             yield task.index, cell
 
 
-def merge_parts(parts: Path, tasks: list[TileTask], table: Path, geojson: Path) -> int:
+def merge_parts(
+    parts: Path, tasks: list[TileTask], table: Path, geojson: Path, *, with_classes: bool = False
+) -> int:
     """Write the cells of all parts as a CSV table and a QuPath GeoJSON FeatureCollection,
     one tile at a time; both appear atomically. Returns the number of cells."""
     n_cells = 0
@@ -415,23 +436,24 @@ def merge_parts(parts: Path, tasks: list[TileTask], table: Path, geojson: Path) 
             opener(geo_tmp, "wt", encoding="utf-8") as geo_file,
         ):
             writer = csv.writer(table_file)
-            writer.writerow(CSV_COLUMNS)
+            writer.writerow(CSV_COLUMNS + (CLASS_COLUMNS if with_classes else []))
             geo_file.write('{"type": "FeatureCollection", "features": [\n')
-            for tile_index, (x, y, area_px, area_um2, score, outline) in iter_part_cells(
-                parts, tasks
-            ):
+            for tile_index, cell in iter_part_cells(parts, tasks):
+                x, y, area_px, area_um2, score, outline, name, probability = cell
                 feature = detection_feature(
                     np.asarray(outline),
                     centre=(x, y),
                     area_px=area_px,
                     area_um2=area_um2,
                     score=score,
+                    **({"cell_class": name, "class_probability": probability} if name else {}),
                 )
                 if feature is None:
                     continue
                 n_cells += 1
                 feature["id"] = str(n_cells)
-                writer.writerow([n_cells, x, y, area_px, area_um2, score, tile_index])
+                row = [n_cells, x, y, area_px, area_um2, score, tile_index]
+                writer.writerow(row + ([name, probability] if with_classes else []))
                 geo_file.write((",\n" if n_cells > 1 else "") + json.dumps(feature))
             geo_file.write("\n]}\n")
     return n_cells
@@ -512,8 +534,12 @@ def predict_slide(
     predictor = predictor or (
         None if client is not None else _cached_predictor(model, device, precision)
     )
-    working_mpp = predictor.working_mpp if predictor else _model_working_mpp(model)
-    params = params or (predictor.postprocess if predictor else PostprocessParams())
+    working_mpp, classes, stored = (
+        (predictor.working_mpp, predictor.classes, predictor.postprocess)
+        if predictor
+        else _model_settings(model)
+    )
+    params = params or stored
     with open_slide(slide_path, mpp=mpp, reader=settings.reader) as slide:
         level = slide.best_level(working_mpp)
         thumb, downsample = slide.thumbnail()
@@ -561,7 +587,7 @@ def predict_slide(
         else:
             times = _run_on_client(client, job, todo, group_size, advance)
         bar.close()
-        n_cells = merge_parts(parts, tasks, table, geojson)
+        n_cells = merge_parts(parts, tasks, table, geojson, with_classes=bool(classes))
         shutil.rmtree(parts)
         level_used = level
         level0_mpp = slide.mpp
@@ -578,11 +604,15 @@ def predict_slide(
     )
 
 
-def _model_working_mpp(model: str) -> float:
+def _model_settings(model: str) -> tuple[float, tuple[str, ...], PostprocessParams]:
+    """Working pixel size, classes and post-processing of a checkpoint the workers load."""
     from pointcell.inference import resolve_checkpoint
     from pointcell.io.checkpoints import load_checkpoint
+    from pointcell.model import ModelConfig
 
-    return float(load_checkpoint(resolve_checkpoint(model))["working_mpp"])
+    state = load_checkpoint(resolve_checkpoint(model))
+    classes = ModelConfig.from_dict(state["config"]["model"]).classes
+    return float(state["working_mpp"]), classes, PostprocessParams(**state.get("postprocess", {}))
 
 
 def _run_local(

@@ -11,32 +11,46 @@ from scipy import ndimage
 from skimage.measure import find_contours
 
 from pointcell.io.atomic import atomic_output
+from pointcell.io.points import class_colour
 from pointcell.postprocess import Cells
 
 CELL_CLASS = "Nucleus"
 CELL_COLOUR = [0, 200, 0]
 
 
-def write_cells_csv(path: str | os.PathLike[str], cells: Cells, *, mpp: float) -> None:
-    """One row per detected cell: id, x, y, area_px, area_um2, score, instance."""
+def cell_class_names(cells: Cells, classes: tuple[str, ...]) -> list[str] | None:
+    """The class name of every cell, or None for a model without classes."""
+    if cells.class_index is None or not classes:
+        return None
+    return [classes[i] for i in cells.class_index]
+
+
+def write_cells_csv(
+    path: str | os.PathLike[str], cells: Cells, *, mpp: float, classes: tuple[str, ...] = ()
+) -> None:
+    """One row per detected cell: id, x, y, area_px, area_um2, score, instance, and for a
+    classifying model class and class_probability."""
     areas = cells.areas()
+    names = cell_class_names(cells, classes)
     with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "x", "y", "area_px", "area_um2", "score", "instance"])
+        header = ["id", "x", "y", "area_px", "area_um2", "score", "instance"]
+        writer.writerow(header + (["class", "class_probability"] if names else []))
         for index, ((x, y), area, score, label) in enumerate(
             zip(cells.xy, areas, cells.score, cells.instance, strict=True), start=1
         ):
-            writer.writerow(
-                [
-                    index,
-                    f"{x:.2f}",
-                    f"{y:.2f}",
-                    int(area),
-                    f"{area * mpp * mpp:.3f}",
-                    f"{score:.4f}",
-                    int(label),
-                ]
-            )
+            row = [
+                index,
+                f"{x:.2f}",
+                f"{y:.2f}",
+                int(area),
+                f"{area * mpp * mpp:.3f}",
+                f"{score:.4f}",
+                int(label),
+            ]
+            if names:
+                row += [names[index - 1], f"{cells.class_probability[index - 1]:.4f}"]
+            writer.writerow(row)
 
 
 def instance_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -62,33 +76,46 @@ def detection_feature(
     area_px: float,
     area_um2: float,
     score: float,
+    cell_class: str = CELL_CLASS,
+    class_probability: float | None = None,
 ) -> dict | None:
     """One QuPath detection (GeoJSON Feature) from an outline (K, 2) as (x, y); None when the
-    outline is too short to be a polygon."""
+    outline is too short to be a polygon. QuPath colours it by its class."""
     ring = np.round(outline, 2).tolist()
     if ring and ring[0] != ring[-1]:
         ring.append(ring[0])
     if len(ring) < 4:
         return None
+    measurements = {
+        "Centroid X px": round(centre[0], 2),
+        "Centroid Y px": round(centre[1], 2),
+        "Area px": round(area_px, 2),
+        "Area µm^2": round(area_um2, 3),
+        "Score": round(score, 4),
+    }
+    if class_probability is not None:
+        measurements["Class probability"] = round(class_probability, 4)
     return {
         "type": "Feature",
         "geometry": {"type": "Polygon", "coordinates": [ring]},
         "properties": {
             "objectType": "detection",
-            "classification": {"name": CELL_CLASS, "color": CELL_COLOUR},
-            "measurements": {
-                "Centroid X px": round(centre[0], 2),
-                "Centroid Y px": round(centre[1], 2),
-                "Area px": round(area_px, 2),
-                "Area µm^2": round(area_um2, 3),
-                "Score": round(score, 4),
-            },
+            "classification": {"name": cell_class, "color": _colour(cell_class)},
+            "measurements": measurements,
         },
     }
 
 
-def write_cells_geojson(path: str | os.PathLike[str], cells: Cells, *, mpp: float) -> None:
-    """QuPath detections: one Polygon feature per instance with its centre, score and area."""
+def _colour(name: str) -> list[int]:
+    return CELL_COLOUR if name == CELL_CLASS else class_colour(name)
+
+
+def write_cells_geojson(
+    path: str | os.PathLike[str], cells: Cells, *, mpp: float, classes: tuple[str, ...] = ()
+) -> None:
+    """QuPath detections: one Polygon feature per instance with its centre, score and area,
+    and its class (name and colour) for a classifying model."""
+    names = cell_class_names(cells, classes)
     outlines = instance_outlines(cells.labels)
     areas = np.bincount(cells.labels.ravel())
     best: dict[int, int] = {}
@@ -105,6 +132,10 @@ def write_cells_geojson(path: str | os.PathLike[str], cells: Cells, *, mpp: floa
             area_px=float(areas[label]),
             area_um2=float(areas[label] * mpp * mpp),
             score=float(cells.score[row]) if row is not None else 0.0,
+            cell_class=names[row] if names and row is not None else CELL_CLASS,
+            class_probability=(
+                float(cells.class_probability[row]) if names and row is not None else None
+            ),
         )
         if feature is not None:
             features.append(feature)
