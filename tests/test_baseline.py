@@ -1,8 +1,15 @@
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from conftest import make_disks
-from pointcell.baseline import WatershedParams, hematoxylin, hematoxylin_watershed
+from pointcell.baseline import (
+    IHC_CLASSES,
+    WatershedParams,
+    hematoxylin,
+    hematoxylin_watershed,
+    tune_dab_threshold,
+)
 from pointcell.cli import main
 from pointcell.metrics import aggregated_jaccard, detection_scores
 
@@ -42,3 +49,31 @@ def test_baseline_command_writes_predict_layout(sample, tmp_path):
         main, ["evaluate", "--pred", str(tmp_path), "--gt", str(sample / "masks")]
     )
     assert evaluated.exit_code == 0, evaluated.output
+
+
+def test_tuned_dab_threshold_separates_positive_from_negative():
+    means = np.array([0.01, 0.02, 0.03, 0.08, 0.09, 0.2])
+    positive = np.array([False, False, False, True, True, True])
+    assert tune_dab_threshold(means, positive) == pytest.approx(0.03)
+    with pytest.raises(ValueError, match="both"):
+        tune_dab_threshold(means, np.ones(6, bool))
+
+
+def test_ihc_floor_calls_brown_nuclei_positive():
+    rows, cols = np.mgrid[0:80, 0:80]
+    image = np.full((80, 80, 3), (235, 230, 225), np.uint8)
+    centres = {(20, 20): (150, 90, 40), (60, 20): (70, 70, 160), (40, 60): (150, 90, 40)}
+    for (x, y), colour in centres.items():
+        image[(cols - x) ** 2 + (rows - y) ** 2 <= 49] = colour
+    cells = hematoxylin_watershed(
+        image, mpp=0.5, params=WatershedParams(stain="ihc", dab_threshold=0.05)
+    )
+    assert len(cells.xy) == 3
+    called = {
+        tuple(np.rint(xy).astype(int)): int(c)
+        for xy, c in zip(cells.xy, cells.class_index, strict=True)
+    }
+    assert called == {(20, 20): 1, (60, 20): 0, (40, 60): 1}
+    assert [IHC_CLASSES[i] for i in sorted(called.values())] == ["negative", "positive", "positive"]
+    with pytest.raises(ValueError, match="stain"):
+        WatershedParams(stain="pas")

@@ -593,18 +593,36 @@ def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Pat
 @click.option(
     "--threshold",
     type=click.FloatRange(min=0),
-    help="Hematoxylin optical density threshold (default: Otsu per image).",
+    help="Nuclear optical density threshold (default: Otsu per image).",
+)
+@click.option(
+    "--stain",
+    type=click.Choice(["he", "ihc"]),
+    default="he",
+    show_default=True,
+    help="he: nuclei from hematoxylin; ihc: from hematoxylin + DAB.",
+)
+@click.option(
+    "--dab-threshold",
+    type=click.FloatRange(min=0),
+    help="IHC: call a nucleus positive above this mean DAB optical density.",
 )
 @click.option("--overlay/--no-overlay", default=True, show_default=True)
 def baseline(
-    images: tuple[Path, ...], out: Path, mpp: float | None, threshold: float | None, overlay: bool
+    images: tuple[Path, ...],
+    out: Path,
+    mpp: float | None,
+    threshold: float | None,
+    stain: str,
+    dab_threshold: float | None,
+    overlay: bool,
 ) -> None:
-    """Training-free floor: hematoxylin threshold and distance watershed (as QuPath does)."""
+    """Training-free floor: hematoxylin (and DAB) threshold and distance watershed, as
+    QuPath's cell detection and positive-cell scoring do."""
     from pointcell.baseline import WatershedParams, segment_without_training
 
-    summaries = segment_without_training(
-        list(images), out, mpp=mpp, overlay=overlay, params=WatershedParams(threshold=threshold)
-    )
+    params = WatershedParams(threshold=threshold, stain=stain, dab_threshold=dab_threshold)
+    summaries = segment_without_training(list(images), out, mpp=mpp, overlay=overlay, params=params)
     click.echo(
         f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s); outputs in {out}"
     )
