@@ -126,6 +126,28 @@ def test_every_nucleus_once_and_whole_across_tile_borders(tmp_path):
     assert not (tmp_path / "out" / "disks.parts").exists()
 
 
+def test_label_zarr_holds_every_nucleus_whole_with_the_table_ids(tmp_path):
+    import zarr
+
+    slide = disk_slide(tmp_path / "disks.tif")
+    predict_slide(
+        slide,
+        tmp_path / "out",
+        model="darkness",
+        predictor=darkness_predictor(),
+        settings=SMALL_TILES,
+        labels_zarr=True,
+        progress=False,
+    )
+    labels = zarr.open_array(tmp_path / "out" / "disks.labels.zarr", mode="r")[:]
+    assert labels.shape == (768, 1024) and labels.dtype == np.uint32
+    for cell in read_cells(tmp_path / "out" / "disks.csv"):
+        x, y = round(float(cell["x"])), round(float(cell["y"]))
+        assert labels[y, x] == int(cell["id"])
+        assert (labels == int(cell["id"])).sum() == pytest.approx(float(cell["area_px"]), rel=0.1)
+    assert len(np.unique(labels)) == len(CENTRES) + 1
+
+
 def test_geojson_opens_as_qupath_detections_and_round_trips(tmp_path):
     slide = disk_slide(tmp_path / "disks.tif")
     predict_slide(

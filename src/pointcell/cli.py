@@ -387,6 +387,11 @@ def train(
     help="Whole slides: tiffslide, or OpenSlide (MIRAX, VMS) when auto.",
 )
 @click.option("--gzip", "gzip_geojson", is_flag=True, help="Whole slides: write .geojson.gz.")
+@click.option(
+    "--labels-zarr",
+    is_flag=True,
+    help="Whole slides: also write the instance labels (level 0) as OUT/<stem>.labels.zarr.",
+)
 @click.option("--resume", is_flag=True, help="Whole slides: continue an interrupted job.")
 @click.option("--overwrite", is_flag=True, help="Whole slides: replace finished outputs.")
 @click.option(
@@ -416,6 +421,7 @@ def predict(
     slide_tile: int,
     slide_reader: str,
     gzip_geojson: bool,
+    labels_zarr: bool,
     resume: bool,
     overwrite: bool,
     cluster: str | None,
@@ -500,6 +506,7 @@ def predict(
             device=device,
             precision=precision,
             gzip_geojson=gzip_geojson,
+            labels_zarr=labels_zarr,
             resume=resume,
             overwrite=overwrite,
         )

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
+from skimage.draw import polygon as fill_polygon
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 from skimage.transform import resize
@@ -410,6 +411,58 @@ def run_tile_group(job: SlideJob, tasks: list[TileTask]) -> StageTimes:
 # ---------------------------------------------------------------- outputs
 
 
+def _drawable(outline: list) -> bool:
+    return (
+        detection_feature(
+            np.asarray(outline), centre=(0.0, 0.0), area_px=0.0, area_um2=0.0, score=0.0
+        )
+        is not None
+    )
+
+
+def write_label_zarr(
+    path: Path, parts: Path, tasks: list[TileTask], size: tuple[int, int], tile_level0: float
+) -> None:
+    """Rasterise the cells' outlines into a uint32 label image at level 0 (zarr, chunks of one
+    core tile), with the ids of the CSV table. One core window is drawn at a time from the
+    outlines of its tile and its eight neighbours (a nucleus reaches at most the margin beyond
+    its core), so memory holds one chunk; the array appears atomically."""
+    import zarr
+
+    width, height = size
+    n_cols = int(np.ceil(width / tile_level0))
+    offsets, total = {}, 0
+    outlines: dict[int, list] = {}
+    for task in tasks:
+        record = json.loads(part_path(parts, task.index).read_text(encoding="utf-8"))
+        kept = [cell[5] for cell in record["cells"] if _drawable(cell[5])]
+        offsets[task.index], total = total, total + len(kept)
+        outlines[task.index] = kept
+    chunk = int(np.ceil(tile_level0))
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    array = zarr.open_array(
+        tmp, mode="w", shape=(height, width), chunks=(chunk, chunk), dtype="uint32", fill_value=0
+    )
+    for task in tasks:
+        r0, r1 = int(round(task.y0)), int(round(task.y1))
+        c0, c1 = int(round(task.x0)), int(round(task.x1))
+        window = np.zeros((r1 - r0, c1 - c0), np.uint32)
+        row, col = divmod(task.index, n_cols)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if not (0 <= col + dc < n_cols):
+                    continue
+                neighbour = (row + dr) * n_cols + col + dc
+                for k, outline in enumerate(outlines.get(neighbour, []), start=1):
+                    xy = np.asarray(outline)
+                    rr, cc = fill_polygon(xy[:, 1] - r0, xy[:, 0] - c0, window.shape)
+                    window[rr, cc] = offsets[neighbour] + k
+        array[r0:r1, c0:c1] = window
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
 def slide_outputs(out: Path, stem: str, *, gzip_geojson: bool) -> tuple[Path, Path, Path]:
     """Final cells table, final GeoJSON, and the folder of unfinished parts."""
     geojson = out / (f"{stem}.geojson.gz" if gzip_geojson else f"{stem}.geojson")
@@ -427,7 +480,8 @@ def merge_parts(
     parts: Path, tasks: list[TileTask], table: Path, geojson: Path, *, with_classes: bool = False
 ) -> int:
     """Write the cells of all parts as a CSV table and a QuPath GeoJSON FeatureCollection,
-    one tile at a time; both appear atomically. Returns the number of cells."""
+    one tile at a time; both appear atomically. Cells are numbered 1..n in tile order.
+    Returns the number of cells."""
     n_cells = 0
     opener = gzip.open if geojson.suffix == ".gz" else open
     with atomic_output(table) as table_tmp, atomic_output(geojson) as geo_tmp:
@@ -448,7 +502,7 @@ def merge_parts(
                     score=score,
                     **({"cell_class": name, "class_probability": probability} if name else {}),
                 )
-                if feature is None:
+                if feature is None:  # too small to draw; write_label_zarr skips it too
                     continue
                 n_cells += 1
                 feature["id"] = str(n_cells)
@@ -517,12 +571,14 @@ def predict_slide(
     resume: bool = False,
     overwrite: bool = False,
     client: object | None = None,
+    labels_zarr: bool = False,
     group_size: int = 4,
     torch_threads: int | None = None,
     progress: bool = True,
 ) -> SlideSummary:
     """Detect and segment the nuclei of a whole slide; write ``out/<stem>.csv`` and
-    ``out/<stem>.geojson[.gz]`` (level-0 pixel coordinates).
+    ``out/<stem>.geojson[.gz]`` (level-0 pixel coordinates), and with ``labels_zarr`` the
+    instance labels as ``out/<stem>.labels.zarr``.
 
     ``model`` names the checkpoint (loaded here, or by each worker of a Dask ``client``);
     ``predictor`` may pass one already loaded for in-process runs.
@@ -565,7 +621,7 @@ def predict_slide(
             _manifest(job, slide, len(tasks)),
             resume=resume,
             overwrite=overwrite,
-            outputs=[table, geojson],
+            outputs=[table, geojson] + ([out / f"{stem}.labels.zarr"] if labels_zarr else []),
         )
         todo = [t for t in tasks if not part_path(parts, t.index).is_file()]
         bar = tqdm(
@@ -588,6 +644,9 @@ def predict_slide(
             times = _run_on_client(client, job, todo, group_size, advance)
         bar.close()
         n_cells = merge_parts(parts, tasks, table, geojson, with_classes=bool(classes))
+        if labels_zarr:
+            labels_path = out / f"{stem}.labels.zarr"
+            write_label_zarr(labels_path, parts, tasks, slide.dimensions, tile_level0)
         shutil.rmtree(parts)
         level_used = level
         level0_mpp = slide.mpp
