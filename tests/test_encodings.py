@@ -92,10 +92,13 @@ def test_grouped_kmeans_splits_each_group_independently():
     # group 0: values near 0 and 10; group 1: values near 100 and 200
     values = np.array([0, 1, 10, 11, 100, 101, 200, 201], dtype=np.float32)[:, None]
     groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    assign = grouped_kmeans(
-        values, groups, 2, k=2, init_order=values[:, 0], iterations=10, sample_stride=1
-    )
+    assign = grouped_kmeans(values, groups, 2, k=2, init_order=values[:, 0], iterations=10)
     assert assign.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    # centres fitted on a sample still assign every pixel
+    sampled = grouped_kmeans(
+        values, groups, 2, k=2, init_order=values[:, 0], iterations=10, sample=np.arange(0, 8, 2)
+    )
+    assert sampled.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
 
 
 @pytest.mark.parametrize("clustering", ["local", "global"])

@@ -216,6 +216,9 @@ def repel_code(
     return np.where(spread_um < params.repel_radius_um, code, 0.0).astype(np.float32)
 
 
+FIT_SPACING_UM = 0.5  # k-means centres are fitted on pixels this far apart
+
+
 def cluster_features(
     image: np.ndarray, near: NearestPoints, *, mpp: float, params: EncodingParams
 ) -> np.ndarray:
@@ -235,26 +238,25 @@ def grouped_kmeans(
     init_order: np.ndarray,
     iterations: int,
     tolerance: float = 1e-3,
-    sample_stride: int = 4,
+    sample: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run Lloyd's k-means independently inside every group, all groups at once.
 
-    Cluster ``j`` of a group starts as the mean of the ``j``-th of ``k`` equal bands of that
-    group's pixels sorted by ``init_order`` (here the distance to the point), so the result is
-    deterministic and cluster 0 starts at the point. The centres are fitted on every
-    ``sample_stride``-th pixel of each group in that order (a sample stratified by distance that
-    keeps at least one pixel per group), then every pixel takes its nearest centre. Iteration
-    stops when fewer than ``tolerance`` of the sampled pixels change cluster.
+    Cluster ``j`` of a group starts as the mean of the pixels in the ``j``-th of ``k`` equal
+    bands of ``init_order`` (here the distance to the point) between 0 and the group's
+    largest value, so the result is deterministic, needs no sorting, and cluster 0 starts at
+    the point (an empty band leaves its cluster empty: it never wins a pixel). Centres are
+    fitted on the pixels in ``sample`` (indices; default all), then every pixel takes its
+    nearest centre. Iteration stops when fewer than ``tolerance`` of the fitted pixels change
+    cluster.
     """
-    n = len(features)
-    order = np.lexsort((init_order, groups))
-    counts = np.bincount(groups, minlength=n_groups)
-    starts = np.cumsum(counts) - counts
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - starts[groups[order]]
-    sample = np.flatnonzero(rank % sample_stride == 0)
+    sample = np.arange(len(features)) if sample is None else sample
     fit_features, fit_groups = features[sample], groups[sample]
-    assign = (rank[sample] * k) // np.maximum(counts[fit_groups], 1)
+    largest = np.zeros(n_groups, dtype=np.float64)
+    np.maximum.at(largest, fit_groups, init_order[sample])
+    # the largest value falls in the last band, a value at a band edge in the lower one
+    scaled = init_order[sample] / np.maximum(largest[fit_groups] * (1 + 1e-6), 1e-12)
+    assign = np.minimum((scaled * k).astype(np.int64), k - 1)
     centres = _group_means(fit_features, fit_groups * k + assign, n_groups * k, fallback=None)
     for _ in range(iterations):
         new_assign = _nearest_centre(fit_features, centres.reshape(n_groups, k, -1), fit_groups)
@@ -269,16 +271,10 @@ def grouped_kmeans(
 
 
 def _nearest_centre(features: np.ndarray, centres: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Index of the nearest of each pixel's group centres (squared Euclidean distance)."""
-    best = np.full(len(features), np.inf, dtype=np.float32)
-    assign = np.zeros(len(features), dtype=np.int64)
-    for j in range(centres.shape[1]):
-        diff = features - centres[:, j, :][groups]
-        distance = np.einsum("nf,nf->n", diff, diff)
-        closer = distance < best
-        best[closer] = distance[closer]
-        assign[closer] = j
-    return assign
+    """Index of the nearest of each pixel's group centres (squared Euclidean distance);
+    ``centres`` is (groups, k, features)."""
+    diff = centres[groups] - features[:, None, :]
+    return np.einsum("nkf,nkf->nk", diff, diff).argmin(axis=1)
 
 
 def _group_means(
@@ -379,8 +375,18 @@ def _local_roles(
     groups = near.i1.reshape(-1)[local]
     n_groups = int(near.i1.max()) + 1
     sub = features[local]
+    # fit on a regular grid of pixels about 0.5 µm apart (all pixels at 0.5 µm/px and coarser)
+    step = max(1, int(round(FIT_SPACING_UM / mpp)))
+    rows, cols = np.divmod(local, near.d1.shape[1])
+    on_grid = np.flatnonzero((rows % step == 0) & (cols % step == 0))
     assign = grouped_kmeans(
-        sub, groups, n_groups, k=k, init_order=near_d1[local], iterations=params.kmeans_iterations
+        sub,
+        groups,
+        n_groups,
+        k=k,
+        init_order=near_d1[local],
+        iterations=params.kmeans_iterations,
+        sample=on_grid,
     )
     roles[local] = _cluster_roles(assign, groups, n_groups, k, disks[local], sub[:, -1])
     return roles
