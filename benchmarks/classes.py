@@ -45,7 +45,15 @@ def cli(*args: str) -> str:
     return done.stdout
 
 
-def train(name: str, images: Path, points: Path, mpp: float, split: dict, steps: int) -> Path:
+def train(
+    name: str,
+    images: Path,
+    points: Path,
+    mpp: float,
+    split: dict,
+    steps: int,
+    hed_jitter: float = 0.05,
+) -> Path:
     """Train (or resume, or reuse) a run fine-tuned from the shipped H&E model."""
     run = RUNS / name
     if (run / "last.pt").is_file():
@@ -65,7 +73,7 @@ def train(name: str, images: Path, points: Path, mpp: float, split: dict, steps:
         "--mpp", str(mpp),
         "--split", str(split_file),
         "--init-from", "pointcell-he",
-        "--hed-jitter", "0.05",
+        "--hed-jitter", str(hed_jitter),
         "--steps", str(steps),
         "--val-every", str(max(1, steps // 4)),
         "--out", str(run),
@@ -117,7 +125,10 @@ def crchisto(steps: int) -> list[tuple[str, dict]]:
     gt = data / "points"
     floor_scores = floor(test, gt, CRC_MPP, RUNS / "classes-crchisto-floor", [])
     model_scores = predict_and_evaluate(run, test, gt, CRC_MPP, RUNS / "classes-crchisto-pred")
-    return [("floor (hematoxylin watershed)", floor_scores), ("pointcell", model_scores)]
+    return [
+        ("floor (hematoxylin watershed)", floor_scores),
+        ("pointcell (HED jitter 0.05)", model_scores),
+    ]
 
 
 def shidc(steps: int) -> tuple[list[tuple[str, dict]], float]:
@@ -130,12 +141,21 @@ def shidc(steps: int) -> tuple[list[tuple[str, dict]], float]:
     train_images = [data / "images" / f"{stem}.jpg" for stem in train_stems]
     threshold = tuned_dab_threshold(train_images, data / "points", KI67_MPP)
     run = train("classes-shidc", data / "images", data / "points", KI67_MPP, split, steps)
+    plain = train(
+        "classes-shidc-no-jitter", data / "images", data / "points", KI67_MPP, split, steps, 0.0
+    )
     gt = data / "points"
     floor_args = ["--stain", "ihc", "--dab-threshold", f"{threshold:.5f}"]
     floor_scores = floor(test, gt, KI67_MPP, RUNS / "classes-shidc-floor", floor_args)
     model_scores = predict_and_evaluate(run, test, gt, KI67_MPP, RUNS / "classes-shidc-pred")
-    rows = [("floor (H+DAB watershed, tuned DAB threshold)", floor_scores)]
-    return [*rows, ("pointcell", model_scores)], threshold
+    plain_scores = predict_and_evaluate(
+        plain, test, gt, KI67_MPP, RUNS / "classes-shidc-no-jitter-pred"
+    )
+    return [
+        ("floor (H+DAB watershed, tuned DAB threshold)", floor_scores),
+        ("pointcell, no stain jitter", plain_scores),
+        ("pointcell (HED jitter 0.05)", model_scores),
+    ], threshold
 
 
 def fmt(value: object) -> str:

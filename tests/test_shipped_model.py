@@ -21,3 +21,35 @@ def test_shipped_model_segments_the_sample(sample, tmp_path):
     assert scores["aji"] >= 0.35, scores
     assert scores["det_f1"] >= 0.65, scores
     assert scores["dice"] >= 0.55, scores
+
+
+def test_shipped_ki67_model_scores_brown_nuclei_positive(tmp_path):
+    """pointcell-ki67 on a synthetic IHC field: DAB-brown nuclei are called positive,
+    hematoxylin-blue ones negative (an untrained or H&E model cannot do this)."""
+    import numpy as np
+
+    from conftest import make_disks
+    from pointcell.inference import predict_image_maps
+    from pointcell.postprocess import classify, postprocess
+
+    predictor = load_predictor("pointcell-ki67", device="cpu")
+    assert {"positive", "negative"} <= set(predictor.classes)
+    rng = np.random.default_rng(0)
+    centres = [(x, y) for x in range(40, 400, 60) for y in range(40, 400, 60)]
+    positive = rng.random(len(centres)) < 0.5
+    tile = make_disks(centres, shape=(440, 440), radius=14.0, mpp=0.25, noise=3.0)
+    image = np.full((440, 440, 3), (225, 220, 200), np.uint8)  # pale counterstained stroma
+    for label, is_positive in enumerate(positive, start=1):
+        image[tile.truth == label] = (120, 75, 45) if is_positive else (95, 95, 160)
+    maps = predict_image_maps(predictor, image, mpp=0.25)
+    cells = classify(
+        postprocess(maps[0], mpp=0.25, params=predictor.postprocess), maps[1:], mpp=0.25
+    )
+    called = {}
+    for (x, y), index in zip(cells.xy, cells.class_index, strict=True):
+        nearest = int(np.argmin(np.hypot(*(np.array(centres) - (x, y)).T)))
+        if np.hypot(*(np.array(centres[nearest]) - (x, y))) < 8:
+            called[nearest] = predictor.classes[index]
+    assert len(called) >= 0.8 * len(centres)
+    correct = [called[i] == ("positive" if positive[i] else "negative") for i in called]
+    assert np.mean(correct) >= 0.8, called
