@@ -71,6 +71,7 @@ def train(
         "--images", str(images),
         "--points", str(points),
         "--mpp", str(mpp),
+        "--clip",  # real clicks: a few sit a fraction of a pixel past the image edge
         "--split", str(split_file),
         "--init-from", "pointcell-he",
         "--hed-jitter", str(hed_jitter),

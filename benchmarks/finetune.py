@@ -51,6 +51,7 @@ def main() -> None:
             "--images", str(data / "images"),
             "--points", str(data / "points"),
             "--mpp", str(CRC_MPP),
+            "--clip",  # real clicks: a few sit a fraction of a pixel past the image edge
             "--split", str(split_file),
             "--classes", "none",
             "--steps", str(args.steps),
