@@ -1,9 +1,9 @@
 """The model shipped in the package works on the bundled sample.
 
-Measured when the model was exported (pointcell-he, ResNet18 U-Net, 3,000 CPU steps on the 14
-Kumar training images): AJI 0.411, object Dice 0.620, detection F1 0.755 on the two sample
-crops (whose source images were among the training images; their masks never were). The
-thresholds leave a margin; an untrained network scores AJI 0.13, Dice 0.27 and detection
+Measured when the model was exported (pointcell-he, ResNet18 U-Net, 2,750 CPU steps on the
+points of all 30 MoNuSeg images): AJI 0.384, object Dice 0.598, detection F1 0.686 on the two
+sample crops (whose source images were among the training images; their masks never were).
+The thresholds leave a margin; an untrained network scores AJI 0.13, Dice 0.27 and detection
 F1 0.42 there (measured).
 """
 
@@ -18,9 +18,9 @@ def test_shipped_model_segments_the_sample(sample, tmp_path):
     assert predictor.working_mpp == 0.5
     predict_images(predictor, [sample / "images"], tmp_path, overlay=False, progress=False)
     scores = evaluate(tmp_path, sample / "masks").aggregate
-    assert scores["aji"] >= 0.35, scores
-    assert scores["det_f1"] >= 0.65, scores
-    assert scores["dice"] >= 0.55, scores
+    assert scores["aji"] >= 0.33, scores
+    assert scores["det_f1"] >= 0.62, scores
+    assert scores["dice"] >= 0.53, scores
 
 
 def test_shipped_ki67_model_scores_brown_nuclei_positive(tmp_path):
