@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -602,6 +602,7 @@ def predict_slide(
         tissue = tissue_mask(thumb, pixel_um=slide.mpp * downsample, min_od=settings.tissue_min_od)
         tile_level0 = settings.tile * working_mpp / slide.mpp
         tasks, n_tiles = plan_tiles(slide.dimensions, tile_level0, tissue, downsample)
+        table, geojson, parts = slide_outputs(out, stem, gzip_geojson=gzip_geojson)
         job = SlideJob(
             slide=str(slide_path),
             mpp=mpp,
@@ -611,11 +612,9 @@ def predict_slide(
             precision=precision,
             params=params,
             settings=settings,
-            parts="",
+            parts=str(parts),
             torch_threads=torch_threads,
         )
-        table, geojson, parts = slide_outputs(out, stem, gzip_geojson=gzip_geojson)
-        job = replace(job, parts=str(parts))
         _prepare_parts(
             parts,
             _manifest(job, slide, len(tasks)),
