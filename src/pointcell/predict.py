@@ -26,7 +26,7 @@ from pointcell.io.images import (
     write_rgb_png,
 )
 from pointcell.io.slides import SLIDE_SUFFIXES, slide_stem
-from pointcell.metrics import proportion_ci
+from pointcell.metrics import positive_percentage, proportion_ci
 from pointcell.overlay import draw_points
 from pointcell.postprocess import Cells, PostprocessParams, classify, postprocess
 
@@ -111,10 +111,11 @@ def class_summary(names: list[str]) -> dict[str, object]:
         return {}
     counts = dict(sorted(Counter(names).items()))
     summary: dict[str, object] = {"class_counts": counts}
-    positive, negative = counts.get("positive", 0), counts.get("negative", 0)
-    if positive + negative:
-        low, high = proportion_ci(positive, positive + negative)
-        summary["positive_percent"] = 100.0 * positive / (positive + negative)
+    percent = positive_percentage(names)
+    if percent is not None:
+        positive = counts.get("positive", 0)
+        low, high = proportion_ci(positive, positive + counts.get("negative", 0))
+        summary["positive_percent"] = percent
         summary["positive_ci"] = (100.0 * low, 100.0 * high)
     return summary
 
@@ -171,9 +172,10 @@ def predict_images(
         if predictor.classes:
             cells = classify(cells, maps[1:], mpp=pixel_size)
         done = time.perf_counter()
+        stem = slide_stem(path)
         write_prediction(
             out,
-            path.stem,
+            stem,
             loaded.pixels,
             cells,
             mpp=pixel_size,
@@ -183,7 +185,7 @@ def predict_images(
         )
         summaries.append(
             PredictionSummary(
-                path.stem,
+                stem,
                 pixel_size,
                 len(cells.xy),
                 modelled - start,
