@@ -221,7 +221,8 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Write last.pt every N steps.")
 @click.option(
     "--init-from",
-    help="Fine-tune a shipped model (pointcell-he) or a checkpoint instead of starting afresh.",
+    help="Fine-tune a shipped model (pointcell-he, pointcell-ki67) or a checkpoint "
+    "instead of starting afresh.",
 )
 @click.option(
     "--snapshot-every",

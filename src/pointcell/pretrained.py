@@ -13,7 +13,10 @@ from pointcell.errors import PointcellInputError
 from pointcell.io.checkpoints import load_checkpoint, save_checkpoint
 from pointcell.model import ModelConfig
 
-PRETRAINED = {"pointcell-he": "pointcell-he.pt"}  # H&E nuclei, MoNuSeg points
+PRETRAINED = {
+    "pointcell-he": "pointcell-he.pt",  # H&E nuclei, MoNuSeg points
+    "pointcell-ki67": "pointcell-ki67.pt",  # Ki67 IHC, SHIDC typed clicks
+}
 DEFAULT_MODEL = "pointcell-he"
 WEIGHT_KEYS = (
     "config",

@@ -19,3 +19,11 @@ def test_failure_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
         raise RuntimeError("crash while writing")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    from pointcell.io import atomic
+
+    with atomic.atomic_output(tmp_path / "out.txt") as tmp:
+        tmp.write_text("x")
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK
