@@ -26,7 +26,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -315,11 +315,14 @@ def process_tiles(
     *,
     on_tile: Callable[[int], None] | None = None,
     prefetch: int = 2,
+    overlap_stages: bool = True,
 ) -> StageTimes:
     """Predict ``tasks`` and write one part file per tile.
 
-    Reading runs ahead of the model in one thread and post-processing/writing behind it in
-    another, so that on a GPU the network is not kept waiting by the CPU stages.
+    With ``overlap_stages``, reading runs ahead of the model in one thread and
+    post-processing/writing behind it in another, so that the network is not kept waiting by
+    the CPU stages; without, the stages run one after the other in this thread (what a
+    single-threaded Dask worker on a CPU should do: there the workers are the parallelism).
     """
     times = StageTimes()
     parts = Path(job.parts)
@@ -348,7 +351,7 @@ def process_tiles(
             tmp.write_text(json.dumps({"tile": task.index, "cells": cells}), encoding="utf-8")
         return len(cells), posted - start, time.perf_counter() - posted
 
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+    with _executor(overlap_stages) as reader, _executor(overlap_stages) as writer:
         reads = deque(reader.submit(load, task) for task in tasks[:prefetch])
         following = iter(tasks[prefetch:])
         writes: deque = deque()
@@ -374,6 +377,25 @@ def process_tiles(
         while writes:
             _collect(writes.popleft().result(), times, on_tile)
     return times
+
+
+class _InlineExecutor:
+    """Runs each submitted call at once, in the caller's thread."""
+
+    def submit(self, function: Callable, *args: object) -> Future:
+        future: Future = Future()
+        future.set_result(function(*args))
+        return future
+
+    def __enter__(self) -> _InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _executor(threaded: bool) -> ThreadPoolExecutor | _InlineExecutor:
+    return ThreadPoolExecutor(1) if threaded else _InlineExecutor()
 
 
 def _collect(
@@ -405,7 +427,10 @@ def run_tile_group(job: SlideJob, tasks: list[TileTask]) -> StageTimes:
         torch.set_num_threads(job.torch_threads)
     predictor = _cached_predictor(job.model, job.device, job.precision)
     slide = _cached_slide(job.slide, job.mpp, job.settings.reader)
-    return process_tiles(job, tasks, predictor, slide)
+    # on a CPU, single-threaded workers are the parallelism: no extra stage threads that
+    # would compete with the other workers for cores; next to a GPU, overlap the stages
+    overlap = predictor.device.type != "cpu"
+    return process_tiles(job, tasks, predictor, slide, overlap_stages=overlap)
 
 
 # ---------------------------------------------------------------- outputs
