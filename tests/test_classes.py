@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pointcell.data import class_target, hed_jitter, point_class_names
+from pointcell.data import CLASS_IGNORE, class_target, hed_jitter, point_class_names
 from pointcell.encodings import IGNORE
 from pointcell.evaluate import evaluate
 from pointcell.inference import load_predictor
@@ -34,7 +34,7 @@ def test_class_target_disks_follow_the_nearest_typed_click():
     xy = np.array([[2.0, 2.0], [6.0, 2.0], [2.0, 7.0]])
     names = np.array(["b", "a", ""])
     target = class_target((10, 10), xy, names, ("a", "b"), radius_px=1.0)
-    expected = np.full((10, 10), IGNORE, np.uint8)
+    expected = np.full((10, 10), CLASS_IGNORE, np.uint8)
     for (x, y), value in (((2, 2), 1), ((6, 2), 0)):  # radius 1: the pixel and 4 neighbours
         expected[y, x] = value
         expected[y - 1, x] = expected[y + 1, x] = expected[y, x - 1] = expected[y, x + 1] = value
@@ -44,6 +44,21 @@ def test_class_target_disks_follow_the_nearest_typed_click():
         (5, 8), np.array([[2.0, 2.0], [4.0, 2.0]]), names[:2], ("a", "b"), radius_px=2.0
     )
     assert close[2, 1] == 1 and close[2, 5] == 0
+
+
+def test_every_class_index_is_learned_even_the_value_other_targets_ignore():
+    """Class 2 must not be mistaken for the Voronoi/cluster IGNORE value (2)."""
+    xy = np.array([[4.0, 4.0], [12.0, 4.0], [20.0, 4.0], [28.0, 4.0]])
+    names = np.array(["a", "b", "c", "d"])
+    target = class_target((8, 32), xy, names, ("a", "b", "c", "d"), radius_px=1.0)
+    assert target[4, 20] == 2 and IGNORE == 2
+    third = torch.from_numpy(target == 2)
+    logits = torch.zeros(1, 6, 8, 32)
+    logits[0, 2 + 2][third] = 10.0  # confident and right about class 2 around the third click
+    only_third = torch.from_numpy(np.where(target == 2, 2, CLASS_IGNORE))[None].long()
+    assert class_loss(logits, only_third) < 1e-3  # class-2 pixels are scored...
+    logits[0, 2 + 2][third] = -10.0
+    assert class_loss(logits, only_third) > 1.0  # ...and wrong answers there cost
 
 
 def test_unlabelled_points_do_not_change_the_class_loss():

@@ -35,6 +35,7 @@ from pointcell.io.points import read_points
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 4
+CLASS_IGNORE = 255  # class target of pixels with no class (class indices start at 0)
 UNTYPED = ("", "unlabelled", "unlabeled", "unknown")  # class names that carry no class
 
 
@@ -49,7 +50,7 @@ class PreparedImage:
     repel: np.ndarray  # float32 filtered repel
     points_xy: np.ndarray  # (N, 2) clicks at the working pixel size
     point_classes: np.ndarray  # (N,) class name of each click, "" when untyped
-    class_map: np.ndarray | None = None  # uint8 class index near typed clicks, else IGNORE
+    class_map: np.ndarray | None = None  # uint8 class index near typed clicks, else CLASS_IGNORE
 
     @property
     def n_points(self) -> int:
@@ -71,13 +72,15 @@ def class_target(
     radius_px: float,
 ) -> np.ndarray:
     """Per-pixel class target: the index (in ``classes``) of the nearest typed click within
-    ``radius_px``; IGNORE elsewhere, and around untyped clicks or classes not in ``classes``
+    ``radius_px``; CLASS_IGNORE elsewhere, and around untyped clicks or classes not in ``classes``
     (the nearest click decides, so neighbouring disks never overlap)."""
-    target = np.full(shape, IGNORE, dtype=np.uint8)
+    target = np.full(shape, CLASS_IGNORE, dtype=np.uint8)
     if len(points_xy) == 0 or not classes:
         return target
+    if len(classes) >= CLASS_IGNORE:
+        raise PointcellInputError(f"at most {CLASS_IGNORE} cell classes, got {len(classes)}")
     lookup = {name: index for index, name in enumerate(classes)}
-    index_of_point = np.array([lookup.get(str(n), IGNORE) for n in point_classes], np.uint8)
+    index_of_point = np.array([lookup.get(str(n), CLASS_IGNORE) for n in point_classes], np.uint8)
     near = nearest_points(points_xy, shape)
     inside = near.d1 <= radius_px
     target[inside] = index_of_point[near.i1[inside]]
@@ -335,11 +338,13 @@ class PatchSampler:
         images = F.grid_sample(
             images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
-        # shift labels by one so that zero padding means "outside" and becomes IGNORE
+        # shift labels by one so that zero padding means "outside" and becomes the ignore
+        # value of each target (IGNORE for Voronoi and cluster, CLASS_IGNORE for classes)
         labels = F.grid_sample(
             labels + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False
         )
-        labels = torch.where(labels == 0, torch.tensor(float(IGNORE + 1)), labels) - 1
+        outside = torch.tensor([IGNORE + 1.0, IGNORE + 1.0, CLASS_IGNORE + 1.0]).view(1, 3, 1, 1)
+        labels = torch.where(labels == 0, outside, labels) - 1
         repel = F.grid_sample(
             repel, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
@@ -366,7 +371,7 @@ def crop_window(
     out_vor = np.full((size, size), IGNORE, np.uint8)
     out_clu = np.full((size, size), IGNORE, np.uint8)
     out_rep = np.zeros((size, size), np.float32)
-    out_cls = np.full((size, size), IGNORE, np.uint8)
+    out_cls = np.full((size, size), CLASS_IGNORE, np.uint8)
     if r1 > r0 and c1 > c0:
         dst = (slice(r0 - top, r1 - top), slice(c0 - left, c1 - left))
         src = (slice(r0, r1), slice(c0, c1))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pointcell.data import CLASS_IGNORE
 from pointcell.encodings import IGNORE
 from pointcell.model import N_OUTPUTS, nucleus_probability
 
@@ -33,12 +34,15 @@ REGRESSION_TASKS = ("repel",)
 TasksMode = Literal["scheduler", "sum", "uncertainty"]
 
 
-def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy averaged over pixels whose target is not IGNORE (0 if there are none)."""
-    valid = target != IGNORE
+def labelled_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, *, ignore: int = IGNORE
+) -> torch.Tensor:
+    """Cross-entropy averaged over pixels whose target is not ``ignore`` (0 if there are
+    none)."""
+    valid = target != ignore
     if not bool(valid.any()):
         return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float(), target.long(), ignore_index=IGNORE)
+    return F.cross_entropy(logits.float(), target.long(), ignore_index=ignore)
 
 
 def repel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -48,7 +52,7 @@ def repel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def class_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the class channels over the labelled pixels (typed points)."""
-    return labelled_cross_entropy(logits[:, N_OUTPUTS:], target)
+    return labelled_cross_entropy(logits[:, N_OUTPUTS:], target, ignore=CLASS_IGNORE)
 
 
 LOSSES = {"voronoi": labelled_cross_entropy, "cluster": labelled_cross_entropy, "repel": repel_loss}
