@@ -246,3 +246,18 @@ def test_two_class_model_learns_positive_and_negative(tmp_path):
     assert report.aggregate["classes"] == ["negative", "positive"]
     assert report.aggregate["class_macro_f1"] >= 0.8
     assert "positive_percent_abs_error" in report.per_image["img3"]
+
+
+def test_predictions_without_classes_get_detection_metrics_only(tmp_path):
+    from pointcell.io.images import write_label_tiff
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    labels = np.zeros((40, 40), np.int32)
+    labels[8:13, 8:13] = 1
+    write_label_tiff(tmp_path / "pred" / "a.tif", labels)
+    (tmp_path / "pred" / "a.csv").write_text("x,y\n10,10\n")
+    (tmp_path / "gt" / "a.csv").write_text("x,y,class\n10,10,positive\n30,30,negative\n")
+    report = evaluate(tmp_path / "pred", tmp_path / "gt", mpp=0.5)
+    assert report.aggregate["det_recall"] == pytest.approx(0.5)
+    assert "classes" not in report.aggregate

@@ -169,6 +169,8 @@ def evaluate(
         counts_pred.append(len(points))
         if truth.point_classes is not None and (truth.point_classes != "").any():
             typed[stem] = (truth, points, pred_classes, radius_um / pixel_size)
+    if not any((pred != "").any() for _, _, pred, _ in typed.values()):
+        typed = {}  # predictions without classes: detection metrics only
     for key in SEGMENTATION_KEYS:
         values = [r[key] for r in report.per_image.values() if key in r]
         if values:
