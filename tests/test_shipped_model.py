@@ -26,8 +26,10 @@ def test_shipped_model_segments_the_sample(sample, tmp_path):
 def test_shipped_ki67_model_scores_brown_nuclei_positive():
     """pointcell-ki67 on a synthetic Ki67 field in the colours of SHIDC (medians at its clicks:
     positive nuclei (109, 69, 76), negative (143, 128, 158), background (232, 230, 199)),
-    slightly blurred: the cells it finds get the right class. Measured: 33 of 64 nuclei found,
-    all classified right; an untrained or class-less model cannot pass."""
+    slightly blurred: the cells it finds are called positive exactly when they are brown.
+    Measured: 64 of 64 nuclei found, all brown ones positive; the blue round disks are called
+    lymphocyte (SHIDC's lymphocytes have that colour and shape), which, like negative, does
+    not count as positive. An untrained or class-less model cannot pass."""
     import numpy as np
     from scipy import ndimage
 
@@ -57,5 +59,6 @@ def test_shipped_ki67_model_scores_brown_nuclei_positive():
         if distance.min() < 8:
             called[int(distance.argmin())] = predictor.classes[index]
     assert len(called) >= 0.4 * len(centres), len(called)
-    correct = [name == ("positive" if positive[i] else "negative") for i, name in called.items()]
+    correct = [(name == "positive") == positive[i] for i, name in called.items()]
     assert np.mean(correct) >= 0.9, called
+    assert {"positive"} < set(called.values()) <= set(predictor.classes)
