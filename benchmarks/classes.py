@@ -28,6 +28,7 @@ from pointcell.io.points import read_points  # noqa: E402
 from pointcell.metrics import match_points  # noqa: E402
 
 RUNS = REPO / "runs"
+REUSED: list[str] = []  # finished training runs found in runs/ and not retrained
 CRC_MPP = 0.55  # CRCHistoPhenotypes: 20x, about 0.55 µm/px (data README)
 KI67_MPP = 0.25  # not stated by SHIDC; nuclei of 7-9 µm span about 30-35 px
 # published for CRCHisto (Sirinukunwattana et al. 2016, IEEE TMI 35(5), SC-CNN detection and
@@ -62,6 +63,8 @@ def train(
         state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
         if state["step"] < state["total_steps"]:
             cli("train", "--resume", str(run))
+        else:
+            REUSED.append(name)
         return run
     split_file = RUNS / f"{name}-split.json"
     split_file.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +203,9 @@ def main() -> None:
         "# Cell classes from typed clicks",
         "",
         f"{provenance()}. Command: `python benchmarks/classes.py --steps {args.steps}` "
-        f"({minutes:.0f} min, 2 CPU cores). pointcell: ResNet18 U-Net fine-tuned from "
+        f"({minutes:.0f} min, 2 CPU cores"
+        + (f"; finished training runs reused: {', '.join(REUSED)}" if REUSED else "")
+        + "). pointcell: ResNet18 U-Net fine-tuned from "
         f"`pointcell-he` for {args.steps} steps (CPU preset otherwise, HED jitter 0.05), class "
         "head trained on disks of 2 µm around typed clicks. Detection: Hungarian matching "
         "within 3 µm, pooled over the test images. F_c: HoVer-Net's per-class F1 (Graham et "
