@@ -75,16 +75,14 @@ def test_demo_command_end_to_end(tmp_path):
     assert "detection F1" in page and "predictions/" in page
 
 
-def test_train_and_resume_commands(tmp_path):
-    from conftest import write_disk_dataset
-
-    data = write_disk_dataset(tmp_path / "data")
-    args = [
+def tiny_train_args(images, points, tmp_path) -> list[str]:
+    """``pointcell train`` for 2 steps of a small ResNet18 U-Net into ``tmp_path/run``."""
+    return [
         "train",
         "--images",
-        str(data / "images"),
+        str(images),
         "--points",
-        str(data / "points"),
+        str(points),
         "--out",
         str(tmp_path / "run"),
         "--encoder",
@@ -95,13 +93,17 @@ def test_train_and_resume_commands(tmp_path):
         "2",
         "--patch-size",
         "64",
-        "--precision",
-        "fp32",
-        "--val-every",
-        "1",
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
+
+
+def test_train_and_resume_commands(tmp_path):
+    from conftest import write_disk_dataset
+
+    data = write_disk_dataset(tmp_path / "data")
+    args = tiny_train_args(data / "images", data / "points", tmp_path)
+    args += ["--precision", "fp32", "--val-every", "1"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "trained 2 steps" in result.output
@@ -202,27 +204,7 @@ def test_qupath_round_trip_train_on_clicks_and_predict_a_slide(tmp_path):
         write_qupath_points(tmp_path / "points" / f"img{index}.geojson", centres)
     trained = CliRunner().invoke(
         main,
-        [
-            "train",
-            "--images",
-            str(tmp_path / "images"),
-            "--points",
-            str(tmp_path / "points"),
-            "--mpp",
-            "0.5",
-            "--out",
-            str(tmp_path / "run"),
-            "--encoder",
-            "resnet18",
-            "--steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--patch-size",
-            "64",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
+        [*tiny_train_args(tmp_path / "images", tmp_path / "points", tmp_path), "--mpp", "0.5"],
     )
     assert trained.exit_code == 0, trained.output
 
