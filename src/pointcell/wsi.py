@@ -451,18 +451,27 @@ def write_label_zarr(
     """Rasterise the cells' outlines into a uint32 label image at level 0 (zarr, chunks of one
     core tile), with the ids of the CSV table. One core window is drawn at a time from the
     outlines of its tile and its eight neighbours (a nucleus reaches at most the margin beyond
-    its core), so memory holds one chunk; the array appears atomically."""
+    its core), so memory holds one chunk and the parts of about two rows of tiles; the array
+    appears atomically."""
     import zarr
 
     width, height = size
     n_cols = int(np.ceil(width / tile_level0))
+    done = {task.index for task in tasks}
+
+    # tiles are drawn row by row: the parts of the last two rows and a bit are all it reuses
+    @functools.lru_cache(maxsize=3 * n_cols + 3)
+    def drawable_outlines(index: int) -> tuple:
+        if index not in done:
+            return ()
+        record = json.loads(part_path(parts, index).read_text(encoding="utf-8"))
+        return tuple(cell[5] for cell in record["cells"] if _drawable(cell[5]))
+
     offsets, total = {}, 0
-    outlines: dict[int, list] = {}
-    for task in tasks:
+    for task in tasks:  # ids as merge_parts numbers them: tile order, drawable cells only
         record = json.loads(part_path(parts, task.index).read_text(encoding="utf-8"))
-        kept = [cell[5] for cell in record["cells"] if _drawable(cell[5])]
-        offsets[task.index], total = total, total + len(kept)
-        outlines[task.index] = kept
+        offsets[task.index] = total
+        total += sum(_drawable(cell[5]) for cell in record["cells"])
     chunk = int(np.ceil(tile_level0))
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -479,7 +488,7 @@ def write_label_zarr(
                 if not (0 <= col + dc < n_cols):
                     continue
                 neighbour = (row + dr) * n_cols + col + dc
-                for k, outline in enumerate(outlines.get(neighbour, []), start=1):
+                for k, outline in enumerate(drawable_outlines(neighbour), start=1):
                     xy = np.asarray(outline)
                     rr, cc = fill_polygon(xy[:, 1] - r0, xy[:, 0] - c0, window.shape)
                     window[rr, cc] = offsets[neighbour] + k
@@ -628,6 +637,7 @@ def predict_slide(
         tile_level0 = settings.tile * working_mpp / slide.mpp
         tasks, n_tiles = plan_tiles(slide.dimensions, tile_level0, tissue, downsample)
         table, geojson, parts = slide_outputs(out, stem, gzip_geojson=gzip_geojson)
+        labels_path = out / f"{stem}.labels.zarr" if labels_zarr else None
         job = SlideJob(
             slide=str(slide_path),
             mpp=mpp,
@@ -645,7 +655,7 @@ def predict_slide(
             _manifest(job, slide, len(tasks)),
             resume=resume,
             overwrite=overwrite,
-            outputs=[table, geojson] + ([out / f"{stem}.labels.zarr"] if labels_zarr else []),
+            outputs=[table, geojson] + ([labels_path] if labels_path else []),
         )
         todo = [t for t in tasks if not part_path(parts, t.index).is_file()]
         bar = tqdm(
@@ -668,16 +678,13 @@ def predict_slide(
             times = _run_on_client(client, job, todo, group_size, advance)
         bar.close()
         n_cells = merge_parts(parts, tasks, table, geojson, with_classes=bool(classes))
-        if labels_zarr:
-            labels_path = out / f"{stem}.labels.zarr"
+        if labels_path:
             write_label_zarr(labels_path, parts, tasks, slide.dimensions, tile_level0)
         shutil.rmtree(parts)
-        level_used = level
-        level0_mpp = slide.mpp
     return SlideSummary(
         stem=stem,
-        mpp=level0_mpp,
-        level=level_used,
+        mpp=slide.mpp,
+        level=level,
         n_tiles=n_tiles,
         n_tissue_tiles=len(tasks),
         n_cells=n_cells,
