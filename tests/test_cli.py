@@ -161,6 +161,37 @@ def test_predict_and_evaluate_commands(sample, small_checkpoint, tmp_path):
     assert (out / "evaluation.json").is_file() and (out / "evaluation.csv").is_file()
 
 
+def test_predict_min_distance_keeps_detections_apart(sample, tmp_path):
+    def centres(min_distance: list[str]) -> np.ndarray:
+        out = tmp_path / f"out{len(min_distance)}"
+        args = ["predict", "--images", str(sample / "images"), "--out", str(out), "--no-overlay"]
+        result = CliRunner().invoke(main, [*args, *min_distance])
+        assert result.exit_code == 0, result.output
+        stem = sorted((sample / "images").iterdir())[0].stem
+        table = np.genfromtxt(out / f"{stem}.csv", delimiter=",", names=True)
+        return np.stack([table["x"], table["y"]], axis=1)
+
+    def close_pairs(xy: np.ndarray, um: float = 6.0, mpp: float = 0.25) -> int:
+        gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) * mpp
+        return int(np.triu(gaps < um, k=1).sum())
+
+    default, spread = centres([]), centres(["--min-distance-um", "6"])
+    assert 0 < len(spread) < len(default)
+    # peaks keep 6 µm apart; only a separate object without its own peak may come closer
+    assert close_pairs(spread) <= close_pairs(default) / 3
+
+
+def test_labels_unclicked_background(sample, tmp_path):
+    def background(extra: list[str]) -> int:
+        out = tmp_path / f"out{len(extra)}"
+        args = ["labels", "--images", str(sample / "images"), "--points", str(sample / "points")]
+        result = CliRunner().invoke(main, [*args, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        return sum((np.asarray(Image.open(p)) == 0).sum() for p in (out / "cluster").iterdir())
+
+    assert background(["--unclicked", "background"]) > background([])
+
+
 def test_predict_rejects_bad_tiles_and_models(sample, tmp_path):
     args = ["predict", "--images", str(sample / "images"), "--out", str(tmp_path)]
     bad_tile = CliRunner().invoke(main, [*args, "--model", str(tmp_path), "--tile-size", "100"])

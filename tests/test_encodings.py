@@ -12,6 +12,7 @@ from pointcell.encodings import (
     grouped_kmeans,
     nearest_points,
     repel_code,
+    unclicked_nuclei,
     voronoi_label,
 )
 
@@ -125,6 +126,34 @@ def test_cluster_label_keeps_only_the_part_touching_the_point(disks):
     image[2:6, 85:92] = (90, 50, 140)  # dark debris far from any point
     label = cluster_label(image, disks.centres_xy, mpp=disks.mpp)
     assert (label[2:6, 85:92] != NUCLEUS).all()
+
+
+def test_unclicked_nuclei_are_the_stained_blobs_no_click_reaches(disks):
+    clicked = disks.centres_xy[:4]  # the fifth disk, at (48, 48), has no click
+    near = nearest_points(clicked, disks.image.shape[:2])
+    found = unclicked_nuclei(disks.image, near.d1, mpp=disks.mpp, max_distance_um=4.0)
+    skipped = disks.truth == 5
+    assert found[ndimage.binary_erosion(skipped, iterations=2)].all()
+    assert not found[(disks.truth > 0) & ~skipped].any()
+    assert not found[~ndimage.binary_dilation(skipped, iterations=3)].any()
+    # a click within reach of the blob claims it
+    reach = (26.8 - 6) * disks.mpp  # µm from the nearest click to the blob's edge
+    near_click = unclicked_nuclei(disks.image, near.d1, mpp=disks.mpp, max_distance_um=reach + 1)
+    assert not near_click.any()
+
+
+def test_unclicked_nuclei_become_background_only_when_asked(disks):
+    clicked = disks.centres_xy[:4]
+    skipped = disks.truth == 5
+    default = cluster_label(disks.image, clicked, mpp=disks.mpp)
+    strict = cluster_label(
+        disks.image, clicked, mpp=disks.mpp, params=EncodingParams(unclicked="background")
+    )
+    assert (default[skipped] == IGNORE).mean() > 0.5
+    assert (strict[skipped] == BACKGROUND).all()
+    np.testing.assert_array_equal(strict == NUCLEUS, default == NUCLEUS)
+    with pytest.raises(ValueError, match="unclicked"):
+        EncodingParams(unclicked="drop")
 
 
 def test_encode_zero_points_is_all_background_for_clusters(disks):

@@ -20,6 +20,7 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 from tqdm.auto import tqdm
 
+from pointcell.encodings import stain_density
 from pointcell.io.cells import cell_class_names
 from pointcell.io.images import read_image, resolve_mpp
 from pointcell.postprocess import Cells, fill_small_holes, remove_small_objects
@@ -69,7 +70,7 @@ def dab(image: np.ndarray) -> np.ndarray:
 
 def nuclear_density(image: np.ndarray, stain: str) -> np.ndarray:
     """What makes a nucleus dark: hematoxylin in H&E, hematoxylin or DAB in IHC."""
-    return hematoxylin(image) + dab(image) if stain == "ihc" else hematoxylin(image)
+    return stain_density(image).astype(np.float32) if stain == "ihc" else hematoxylin(image)
 
 
 def mean_dab(image: np.ndarray, cells: Cells) -> np.ndarray:

@@ -59,6 +59,14 @@ def _encoding_options(function):  # noqa: ANN001, ANN202
         show_default=True,
         help="Per-Voronoi-cell k-means (paper) or one over the image (Qu).",
     )(function)
+    function = click.option(
+        "--unclicked",
+        type=click.Choice(["ignore", "background"]),
+        default="ignore",
+        show_default=True,
+        help="Stained nuclei with no click near them: ignore (clicks may miss cells) or "
+        "background (every cell of interest is clicked, e.g. an IHC score that skips stroma).",
+    )(function)
     return click.option(
         "--seed", type=int, default=0, show_default=True, help="Seed of the global k-means."
     )(function)
@@ -112,7 +120,14 @@ def _device_options(function):  # noqa: ANN001, ANN202
 @click.option("--clip", is_flag=True, help="Drop points outside the image instead of failing.")
 @_encoding_options
 def labels(
-    images: Path, points: Path, out: Path, mpp: float | None, clip: bool, clustering: str, seed: int
+    images: Path,
+    points: Path,
+    out: Path,
+    mpp: float | None,
+    clip: bool,
+    clustering: str,
+    unclicked: str,
+    seed: int,
 ) -> None:
     """Encode point labels as Voronoi, cluster and repel label maps, with overlays."""
     from pointcell.labels import write_labels
@@ -123,7 +138,7 @@ def labels(
         out,
         mpp=mpp,
         clip=clip,
-        params=EncodingParams(clustering=clustering, seed=seed),
+        params=EncodingParams(clustering=clustering, unclicked=unclicked, seed=seed),
     )
     for s in summaries:
         click.echo(
@@ -269,6 +284,7 @@ def train(
     mpp: float | None,
     clip: bool,
     clustering: str,
+    unclicked: str,
     seed: int,
     split_file: Path | None,
     val_every: int | None,
@@ -310,7 +326,7 @@ def train(
                 "working_mpp": working_mpp,
                 "mpp": mpp,
                 "clip": clip,
-                "encoding": EncodingParams(clustering=clustering, seed=seed),
+                "encoding": EncodingParams(clustering=clustering, unclicked=unclicked, seed=seed),
                 "seed": seed,
                 "split": json.loads(split_file.read_text()) if split_file else None,
                 "val_every": val_every,
@@ -364,6 +380,12 @@ def train(
 )
 @click.option("--min-area-um2", type=click.FloatRange(min=0), help="Smallest nucleus kept.")
 @click.option(
+    "--min-distance-um",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Smallest distance between two detections (the model's default: 2.5 µm); raise it "
+    "for large nuclei that give two peaks.",
+)
+@click.option(
     "--min-probability",
     type=click.FloatRange(0, 1),
     help="Smallest nucleus probability of a detection.",
@@ -413,6 +435,7 @@ def predict(
     mpp: float | None,
     instances: str | None,
     min_area_um2: float | None,
+    min_distance_um: float | None,
     min_probability: float | None,
     tile_size: int,
     overlap: int,
@@ -455,6 +478,7 @@ def predict(
     changes = {
         "instances": instances,
         "min_area_um2": min_area_um2,
+        "min_distance_um": min_distance_um,
         "min_probability": min_probability,
     }
     params = replace(predictor.postprocess, **{k: v for k, v in changes.items() if v is not None})

@@ -22,6 +22,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+from skimage.color import rgb2hed
+from skimage.filters import threshold_otsu
 from sklearn.cluster import KMeans
 
 from pointcell.postprocess import fill_small_holes
@@ -29,6 +31,7 @@ from pointcell.postprocess import fill_small_holes
 BACKGROUND, NUCLEUS, IGNORE = 0, 1, 2
 
 ClusteringMode = Literal["local", "global"]
+UnclickedMode = Literal["ignore", "background"]
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,26 @@ class EncodingParams:
     cell_radius_um: float = 12.0  # local clustering only: farther pixels are background
     clustering: ClusteringMode = "local"
     seed: int = 0  # global k-means initialisation (the local variant is deterministic)
+    # stained blobs with no click within unclicked_distance_um: "ignore" (clicks may miss
+    # cells) or "background" (every cell of interest is clicked, as when an IHC score counts
+    # tumour cells and skips stroma: the model should learn to skip them too)
+    unclicked: UnclickedMode = "ignore"
+    unclicked_distance_um: float = 4.0
 
     def __post_init__(self) -> None:
         if self.clustering not in ("local", "global"):
             raise ValueError(f"clustering must be 'local' or 'global', got {self.clustering!r}")
+        if self.unclicked not in ("ignore", "background"):
+            raise ValueError(f"unclicked must be 'ignore' or 'background', got {self.unclicked!r}")
         if self.n_clusters not in (2, 3):
             raise ValueError(f"n_clusters must be 2 or 3, got {self.n_clusters}")
-        for name in ("point_radius_um", "repel_alpha_per_um", "repel_radius_um", "distance_cap_um"):
+        for name in (
+            "point_radius_um",
+            "repel_alpha_per_um",
+            "repel_radius_um",
+            "distance_cap_um",
+            "unclicked_distance_um",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 
@@ -272,9 +288,21 @@ def grouped_kmeans(
 
 def _nearest_centre(features: np.ndarray, centres: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Index of the nearest of each pixel's group centres (squared Euclidean distance);
-    ``centres`` is (groups, k, features)."""
-    diff = centres[groups] - features[:, None, :]
-    return np.einsum("nkf,nkf->nk", diff, diff).argmin(axis=1)
+    ``centres`` is (groups, k, features). One centre at a time: a (pixels, features) gather
+    per centre is faster than one (pixels, k, features) gather."""
+    nearest = np.zeros(len(features), dtype=np.int64)
+    best = None
+    for j in range(centres.shape[1]):
+        diff = np.take(np.ascontiguousarray(centres[:, j, :]), groups, axis=0)
+        diff -= features
+        distance = np.einsum("nf,nf->n", diff, diff)
+        if best is None:
+            best = distance
+        else:
+            closer = distance < best
+            nearest[closer] = j
+            np.minimum(best, distance, out=best)
+    return nearest
 
 
 def _group_means(
@@ -354,9 +382,50 @@ def cluster_label(
         groups = np.zeros(len(features), dtype=np.int64)
         roles = _cluster_roles(assign, groups, 1, k, disks, features[:, -1]).reshape(shape)
     edges = edges if edges is not None else voronoi_edges(points_xy, near)
-    return _clean_nuclei(
+    label = _clean_nuclei(
         roles, edges, disks.reshape(shape), max_hole_px=params.max_hole_um2 / mpp**2
     )
+    if params.unclicked == "background":
+        unclicked = unclicked_nuclei(
+            image, near.d1, mpp=mpp, max_distance_um=params.unclicked_distance_um
+        )
+        label[unclicked & (label == IGNORE)] = BACKGROUND
+    return label
+
+
+def stain_density(image: np.ndarray) -> np.ndarray:
+    """Optical density of the nuclear stains (hematoxylin + DAB, Ruifrok & Johnston) (H, W):
+    high on nuclei in H&E and in IHC whether or not they are positive."""
+    hed = rgb2hed(image)
+    return np.clip(hed[..., 0], 0, None) + np.clip(hed[..., 2], 0, None)
+
+
+def unclicked_nuclei(
+    image: np.ndarray,
+    distance_px: np.ndarray,
+    *,
+    mpp: float,
+    max_distance_um: float,
+    min_area_um2: float = 5.0,
+) -> np.ndarray:
+    """Stained blobs (H, W) bool that no click touches: nuclei the annotator chose to skip.
+
+    A blob is a connected region above the Otsu threshold of the smoothed nuclear-stain
+    density, at least ``min_area_um2``; it is unclicked when none of its pixels lies within
+    ``max_distance_um`` of a point (``distance_px``: per-pixel distance to the nearest point).
+    """
+    density = ndimage.gaussian_filter(stain_density(image), sigma=0.5 / mpp)
+    if np.ptp(density) <= 0:
+        return np.zeros(density.shape, dtype=bool)
+    blobs, n = ndimage.label(density > threshold_otsu(density))
+    if n == 0:
+        return np.zeros(density.shape, dtype=bool)
+    area = np.bincount(blobs.ravel(), minlength=n + 1)
+    clicked = np.zeros(n + 1, dtype=bool)
+    clicked[blobs[distance_px * mpp <= max_distance_um]] = True
+    unclicked = ~clicked & (area * mpp**2 >= min_area_um2)
+    unclicked[0] = False
+    return unclicked[blobs]
 
 
 def _local_roles(
