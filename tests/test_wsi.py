@@ -104,16 +104,15 @@ def test_plan_tiles_keeps_only_tiles_touching_tissue():
     assert len(everything) == 12 and everything[-1].x1 == 350 and everything[-1].y1 == 250
 
 
+def predict_darkness(slide, out, **options):
+    """``predict_slide`` with the context-free darkness model on small tiles."""
+    options = {"settings": SMALL_TILES, "progress": False, **options}
+    return predict_slide(slide, out, model="darkness", predictor=darkness_predictor(), **options)
+
+
 def test_every_nucleus_once_and_whole_across_tile_borders(tmp_path):
     slide = disk_slide(tmp_path / "disks.tif")
-    summary = predict_slide(
-        slide,
-        tmp_path / "out",
-        model="darkness",
-        predictor=darkness_predictor(),
-        settings=SMALL_TILES,
-        progress=False,
-    )
+    summary = predict_darkness(slide, tmp_path / "out")
     cells = read_cells(tmp_path / "out" / "disks.csv")
     assert summary.n_cells == len(cells) == len(CENTRES)
     found = np.array([[float(c["x"]), float(c["y"])] for c in cells])
@@ -130,15 +129,7 @@ def test_label_zarr_holds_every_nucleus_whole_with_the_table_ids(tmp_path):
     import zarr
 
     slide = disk_slide(tmp_path / "disks.tif")
-    predict_slide(
-        slide,
-        tmp_path / "out",
-        model="darkness",
-        predictor=darkness_predictor(),
-        settings=SMALL_TILES,
-        labels_zarr=True,
-        progress=False,
-    )
+    predict_darkness(slide, tmp_path / "out", labels_zarr=True)
     labels = zarr.open_array(tmp_path / "out" / "disks.labels.zarr", mode="r")[:]
     assert labels.shape == (768, 1024) and labels.dtype == np.uint32
     for cell in read_cells(tmp_path / "out" / "disks.csv"):
@@ -150,15 +141,7 @@ def test_label_zarr_holds_every_nucleus_whole_with_the_table_ids(tmp_path):
 
 def test_geojson_opens_as_qupath_detections_and_round_trips(tmp_path):
     slide = disk_slide(tmp_path / "disks.tif")
-    predict_slide(
-        slide,
-        tmp_path / "out",
-        model="darkness",
-        predictor=darkness_predictor(),
-        settings=SMALL_TILES,
-        gzip_geojson=True,
-        progress=False,
-    )
+    predict_darkness(slide, tmp_path / "out", gzip_geojson=True)
     with gzip.open(tmp_path / "out" / "disks.geojson.gz", "rt") as handle:
         collection = json.load(handle)
     assert collection["type"] == "FeatureCollection"
@@ -182,13 +165,10 @@ def test_mostly_empty_slide_reads_only_its_tissue(tmp_path):
         tissue_box=(100, 700, 5800, 6500),
         centres=centres,
     )
-    summary = predict_slide(
+    summary = predict_darkness(
         slide,
         tmp_path / "out",
-        model="darkness",
-        predictor=darkness_predictor(),
         settings=SlideSettings(tile=256, margin=16, network_tile=256, network_overlap=0),
-        progress=False,
     )
     assert summary.n_tiles == 256
     assert summary.n_tissue_tiles <= 6

@@ -214,26 +214,11 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def predict_image(
-    predictor: Predictor,
-    image: np.ndarray,
-    *,
-    mpp: float,
-    tile: int = 512,
-    overlap: int = 128,
-    batch_size: int = 4,
-    progress: bool = False,
+    predictor: Predictor, image: np.ndarray, *, mpp: float, **options: Any
 ) -> np.ndarray:
     """Nucleus probability at the input's size: resample to the working pixel size, predict,
-    resample back (bilinear)."""
-    return predict_image_maps(
-        predictor,
-        image,
-        mpp=mpp,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        progress=progress,
-    )[0]
+    resample back (bilinear). ``options``: tiling and progress, as :func:`predict_image_maps`."""
+    return predict_image_maps(predictor, image, mpp=mpp, **options)[0]
 
 
 def predict_image_maps(
