@@ -137,19 +137,10 @@ def blend_weights(tile: int, overlap: int) -> np.ndarray:
     return weights
 
 
-def predict_probability(
-    predictor: Predictor,
-    image: np.ndarray,
-    *,
-    tile: int = 512,
-    overlap: int = 128,
-    batch_size: int = 4,
-    progress: bool = False,
-) -> np.ndarray:
-    """Nucleus probability (H, W) float32 of an RGB image already at the working pixel size."""
-    return predict_maps(
-        predictor, image, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
-    )[0]
+def predict_probability(predictor: Predictor, image: np.ndarray, **options: Any) -> np.ndarray:
+    """Nucleus probability (H, W) float32 of an RGB image already at the working pixel size.
+    ``options``: tiling and progress, as :func:`predict_maps`."""
+    return predict_maps(predictor, image, **options)[0]
 
 
 def predict_maps(
