@@ -10,6 +10,9 @@ Three encodings (Chamanzar & Nie 2020, section 2.3):
 * **Repel code** — Liang et al. 2019: a peak at each point that decays faster where
   neighbours are close. The *filtered* repel is the repel code times the cluster nucleus mask.
 
+Where clicks are complete for the cells of interest (``EncodingParams(unclicked="background")``),
+stained nuclei that no click reaches are background in the cluster label instead of ignored.
+
 Label maps use ``BACKGROUND = 0``, ``NUCLEUS = 1``, ``IGNORE = 2``. Points are (x, y) pixels;
 arrays are (row, col). All sizes are given in micrometres and converted with the pixel size.
 """
