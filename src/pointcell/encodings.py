@@ -29,7 +29,7 @@ from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from sklearn.cluster import KMeans
 
-from pointcell.postprocess import fill_small_holes
+from pointcell.postprocess import fill_small_holes, remove_small_objects
 
 BACKGROUND, NUCLEUS, IGNORE = 0, 1, 2
 
@@ -420,13 +420,10 @@ def unclicked_nuclei(
     density = ndimage.gaussian_filter(stain_density(image), sigma=0.5 / mpp)
     if np.ptp(density) <= 0:
         return np.zeros(density.shape, dtype=bool)
-    blobs, n = ndimage.label(density > threshold_otsu(density))
-    if n == 0:
-        return np.zeros(density.shape, dtype=bool)
-    area = np.bincount(blobs.ravel(), minlength=n + 1)
-    clicked = np.zeros(n + 1, dtype=bool)
-    clicked[blobs[distance_px * mpp <= max_distance_um]] = True
-    unclicked = ~clicked & (area * mpp**2 >= min_area_um2)
+    blobs, _ = ndimage.label(density > threshold_otsu(density))
+    blobs = remove_small_objects(blobs, min_area_um2 / mpp**2)
+    unclicked = np.ones(int(blobs.max()) + 1, dtype=bool)
+    unclicked[blobs[distance_px * mpp <= max_distance_um]] = False
     unclicked[0] = False
     return unclicked[blobs]
 
