@@ -276,3 +276,25 @@ def test_qupath_round_trip_train_on_clicks_and_predict_a_slide(tmp_path):
     assert again.exit_code == 1 and "--overwrite" in again.output
     replaced = CliRunner().invoke(main, [*args, "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
+
+
+def test_predict_tta_and_centroid_centres(sample, tmp_path):
+    image = sorted((sample / "images").iterdir())[0]
+
+    def run(name: str, extra: list[str]) -> tuple[np.ndarray, dict]:
+        out = tmp_path / name
+        args = ["predict", "--images", str(image), "--out", str(out), "--no-overlay", *extra]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        table = np.genfromtxt(out / f"{image.stem}.csv", delimiter=",", names=True)
+        xy = np.stack([table["x"], table["y"]], axis=1)
+        return xy, json.loads((out / "predictions.json").read_text())
+
+    peaks, plain = run("peaks", [])
+    centroids, averaged = run("centroids", ["--tta", "--centre", "centroid"])
+    assert plain["tta"] is False and averaged["tta"] is True
+    assert averaged["postprocess"]["centre"] == "centroid"
+    assert abs(len(centroids) - len(peaks)) <= 0.1 * len(peaks)
+    # centroids are means of pixel positions: most are not on the pixel grid as peaks are
+    assert np.mean(centroids != np.rint(centroids)) > 0.5
+    assert (peaks == np.rint(peaks)).all()

@@ -78,6 +78,40 @@ def test_one_tile_equals_whole_image_inference():
     np.testing.assert_allclose(tiled, direct, atol=1e-5)
 
 
+class LeftToRightNet(torch.nn.Module):
+    """Nucleus logit = horizontal brightness gradient: an orientation-dependent network."""
+
+    def forward(self, x):
+        gradient = torch.nn.functional.pad(x.sum(1, keepdim=True), (1, 1, 0, 0))
+        gradient = gradient[..., 2:] - gradient[..., :-2]
+        return torch.cat([torch.zeros_like(gradient), gradient], dim=1)
+
+
+def test_tta_makes_the_prediction_follow_rotations_and_mirrors():
+    predictor = pixelwise_predictor()
+    predictor.model = LeftToRightNet()
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, size=(96, 128, 3), dtype=np.uint8)
+
+    def maps(img, tta):
+        return predict_probability(predictor, img, tile=512, overlap=0, tta=tta)
+
+    turned = np.ascontiguousarray(np.rot90(image))
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    np.testing.assert_allclose(maps(turned, True), np.rot90(maps(image, True)), atol=1e-5)
+    np.testing.assert_allclose(maps(mirrored, True), maps(image, True)[:, ::-1], atol=1e-5)
+    assert np.abs(maps(turned, False) - np.rot90(maps(image, False))).max() > 0.1
+
+
+def test_tta_leaves_an_orientation_free_network_unchanged():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, size=(100, 140, 3), dtype=np.uint8)
+    predictor = pixelwise_predictor()
+    plain = predict_probability(predictor, image, tile=64, overlap=32)
+    averaged = predict_probability(predictor, image, tile=64, overlap=32, tta=True)
+    np.testing.assert_allclose(averaged, plain, atol=1e-6)
+
+
 def test_predict_image_returns_the_input_size():
     predictor = pixelwise_predictor()
     image = np.full((101, 67, 3), 128, np.uint8)

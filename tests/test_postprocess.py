@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from pointcell.postprocess import PostprocessParams, detect, instances, postprocess
+from pointcell.postprocess import (
+    PostprocessParams,
+    detect,
+    instance_centroids,
+    instances,
+    postprocess,
+)
 
 
 def blobs(centres_rc, shape=(60, 80), sigma=5.0):
@@ -91,3 +97,30 @@ def test_fill_small_holes_fills_only_small_enclosed_holes():
     filled = fill_small_holes(mask, max_hole_px=4)
     assert filled[2, 2] and not filled[8, 8]
     assert filled.sum() == mask.sum() + 1
+
+
+def test_centroid_centres_sit_at_the_middle_of_a_nucleus_that_peaks_off_centre():
+    rr, cc = np.mgrid[0:60, 0:60]
+    inside = (rr - 30) ** 2 + (cc - 30) ** 2 <= 10**2  # disk of radius 10 at (30, 30)
+    prob = np.where(inside, 0.7 + 0.25 * (cc - 20) / 20, 0.0).astype(np.float32)  # peak at rim
+    at_peak = postprocess(prob, mpp=0.5, params=PostprocessParams(min_area_um2=0))
+    at_centroid = postprocess(
+        prob, mpp=0.5, params=PostprocessParams(min_area_um2=0, centre="centroid")
+    )
+    assert len(at_peak.xy) == len(at_centroid.xy) == 1
+    assert at_peak.xy[0, 0] > 36  # the peak sits near the right rim
+    np.testing.assert_allclose(at_centroid.xy[0], [30, 30], atol=1e-9)
+    assert at_centroid.instance.tolist() == at_peak.instance.tolist()
+    assert at_centroid.score[0] == pytest.approx(at_peak.score[0])
+
+
+def test_instance_centroids_of_known_rectangles():
+    labels = np.zeros((10, 12), np.int32)
+    labels[1:4, 2:5] = 1  # rows 1-3, cols 2-4: centre (x=3, y=2)
+    labels[6:10, 8:12] = 2  # rows 6-9, cols 8-11: centre (x=9.5, y=7.5)
+    np.testing.assert_allclose(instance_centroids(labels), [[3, 2], [9.5, 7.5]])
+
+
+def test_bad_centre_method():
+    with pytest.raises(ValueError, match="centroid"):
+        PostprocessParams(centre="middle")

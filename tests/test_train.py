@@ -127,6 +127,20 @@ def test_resume_after_interrupt_gives_identical_weights(disk_dataset, tmp_path, 
     assert len(resumed.history) == len(straight.history)
 
 
+def test_resume_with_more_steps_continues_a_finished_run(disk_dataset, tmp_path):
+    straight = fit(tiny_config(disk_dataset, tmp_path, steps=6), tmp_path / "a", progress=False)
+    fit(tiny_config(disk_dataset, tmp_path), tmp_path / "b", progress=False)
+    with pytest.raises(PointcellInputError, match="already trained 4 steps"):
+        fit(None, tmp_path / "b", resume=True, steps=4, progress=False)
+    extended = fit(None, tmp_path / "b", resume=True, steps=6, progress=False)
+    assert extended.steps == straight.steps == 6
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert b["total_steps"] == 6
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+
+
 def test_truncated_checkpoint_is_detected(disk_dataset, tmp_path):
     fit(tiny_config(disk_dataset, tmp_path), tmp_path / "run", progress=False)
     last = tmp_path / "run" / "last.pt"

@@ -175,7 +175,7 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
     "--resume",
     "resume_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Continue the run in this folder where it stopped.",
+    help="Continue the run in this folder where it stopped (add --steps to extend it).",
 )
 @click.option(
     "--preset",
@@ -184,7 +184,11 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
     show_default=True,
     help="cpu: ResNet18, ~1 h on 2 cores; paper: ResNet50, 60,900 steps.",
 )
-@click.option("--steps", type=click.IntRange(min=1), help="Training iterations.")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    help="Training iterations; with --resume, a new total to train a finished run longer.",
+)
 @click.option(
     "--epochs",
     type=click.FloatRange(min=0, min_open=True),
@@ -305,7 +309,7 @@ def train(
 
     try:
         if resume_dir is not None:
-            result = fit(None, resume_dir, resume=True)
+            result = fit(None, resume_dir, resume=True, steps=steps)
         else:
             if images is None or points is None or out is None:
                 raise click.UsageError(
@@ -390,6 +394,18 @@ def train(
     type=click.FloatRange(0, 1),
     help="Smallest nucleus probability of a detection.",
 )
+@click.option(
+    "--centre",
+    type=click.Choice(["peak", "centroid"]),
+    help="Where a cell is placed: its probability peak (the paper) or the centroid of its "
+    "nucleus (better for large, pale nuclei whose probability peaks near the rim).",
+)
+@click.option(
+    "--tta",
+    is_flag=True,
+    help="Test-time augmentation: average the network over 8 rotations and mirror images "
+    "(8 times slower, steadier maps).",
+)
 @click.option("--tile-size", type=click.IntRange(min=32), default=512, show_default=True)
 @click.option("--overlap", type=click.IntRange(min=0), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
@@ -437,6 +453,8 @@ def predict(
     min_area_um2: float | None,
     min_distance_um: float | None,
     min_probability: float | None,
+    centre: str | None,
+    tta: bool,
     tile_size: int,
     overlap: int,
     batch_size: int,
@@ -480,6 +498,7 @@ def predict(
         "min_area_um2": min_area_um2,
         "min_distance_um": min_distance_um,
         "min_probability": min_probability,
+        "centre": centre,
     }
     params = replace(predictor.postprocess, **{k: v for k, v in changes.items() if v is not None})
     if plain:
@@ -492,6 +511,7 @@ def predict(
             tile=tile_size,
             overlap=overlap,
             batch_size=batch_size,
+            tta=tta,
             save_probability=save_probability,
             overlay=overlay,
         )
@@ -516,6 +536,7 @@ def predict(
             network_tile=tile_size,
             network_overlap=overlap,
             batch_size=batch_size,
+            tta=tta,
             reader=slide_reader,  # type: ignore[arg-type]
         )
         slide_summaries = predict_slides(

@@ -150,10 +150,12 @@ def predict_maps(
     tile: int = 512,
     overlap: int = 128,
     batch_size: int = 4,
+    tta: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
     """(1 + K, H, W) float32 maps of an RGB image at the working pixel size: the nucleus
-    probability, then the probability of each of the model's K cell classes."""
+    probability, then the probability of each of the model's K cell classes (averaged over
+    the 8 rotations and mirror images of every tile with ``tta``)."""
     if tile % ENCODER_STRIDE or overlap % ENCODER_STRIDE or overlap >= tile:
         raise ValueError(
             f"tile and overlap must be multiples of {ENCODER_STRIDE}, overlap smaller than tile"
@@ -184,19 +186,38 @@ def predict_maps(
     for chunk in _chunks(boxes, batch_size):
         batch = np.stack([padded[y : y + th, x : x + tw] for y, x in chunk])
         tensor = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        tensor = tensor.to(predictor.device, memory_format=torch.channels_last)
-        with torch.inference_mode(), predictor.autocast():
-            logits = predictor.model(tensor)
-        maps = nucleus_probability(logits)[:, None]
-        if predictor.classes:
-            maps = torch.cat([maps, class_probabilities(logits)], dim=1)
-        maps = maps.cpu().numpy()
+        tensor = tensor.to(predictor.device)
+        symmetries = SQUARE_SYMMETRIES if tta else SQUARE_SYMMETRIES[:1]
+        maps = sum(_network_maps(predictor, tensor, *symmetry) for symmetry in symmetries)
+        maps = (maps / len(symmetries)).cpu().numpy()
         for (y, x), tile_maps in zip(chunk, maps, strict=True):
             total[:, y : y + th, x : x + tw] += tile_maps * weight
             norm[y : y + th, x : x + tw] += weight
         bar.update(len(chunk))
     bar.close()
     return (total / norm)[:, :h, :w]
+
+
+SQUARE_SYMMETRIES = [(turns, mirror) for mirror in (False, True) for turns in range(4)]
+
+
+def _network_maps(
+    predictor: Predictor, tensor: torch.Tensor, turns: int, mirror: bool
+) -> torch.Tensor:
+    """(B, 1 + K, h, w) maps of a normalised batch seen rotated by ``turns`` quarter turns
+    (then mirrored left-right), mapped back to the batch's orientation."""
+    seen = torch.rot90(tensor, turns, dims=(2, 3))
+    if mirror:
+        seen = torch.flip(seen, dims=(3,))
+    seen = seen.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), predictor.autocast():
+        logits = predictor.model(seen)
+    maps = nucleus_probability(logits)[:, None]
+    if predictor.classes:
+        maps = torch.cat([maps, class_probabilities(logits)], dim=1)
+    if mirror:
+        maps = torch.flip(maps, dims=(3,))
+    return torch.rot90(maps, -turns, dims=(2, 3))
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -208,7 +229,8 @@ def predict_image(
     predictor: Predictor, image: np.ndarray, *, mpp: float, **options: Any
 ) -> np.ndarray:
     """Nucleus probability at the input's size: resample to the working pixel size, predict,
-    resample back (bilinear). ``options``: tiling and progress, as :func:`predict_image_maps`."""
+    resample back (bilinear). ``options``: tiling, ``tta`` and progress, as
+    :func:`predict_image_maps`."""
     return predict_image_maps(predictor, image, mpp=mpp, **options)[0]
 
 
@@ -220,13 +242,20 @@ def predict_image_maps(
     tile: int = 512,
     overlap: int = 128,
     batch_size: int = 4,
+    tta: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
     """:func:`predict_maps` at the input's size (nucleus, then class probabilities)."""
     factor = mpp / predictor.working_mpp
     working, _ = resample(image, np.empty((0, 2)), factor)
     maps = predict_maps(
-        predictor, working, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
+        predictor,
+        working,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        progress=progress,
     )
     if maps.shape[1:] != image.shape[:2]:
         maps = np.stack(

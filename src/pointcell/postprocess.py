@@ -4,7 +4,9 @@ Detection (paper, section 2.5): local maxima of the nucleus probability at least
 above a minimum probability and inside the nucleus mask. Segmentation: the argmax mask
 (probability > 0.5) split into instances by connected components (the paper) or by a
 marker-controlled watershed seeded at the detections (splits touching nuclei); objects smaller
-than a minimum area are removed.
+than a minimum area are removed. A cell's centre is its peak (the paper) or the centroid of its
+instance: the probability of a large, vesicular nucleus often peaks off-centre, near its rim,
+where a click does not fall.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
 InstanceMethod = Literal["watershed", "connected"]
+CentreMethod = Literal["peak", "centroid"]
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,15 @@ class PostprocessParams:
     smooth_um: float = 0.5  # Gaussian smoothing of the map before peak finding
     instances: InstanceMethod = "watershed"
     min_area_um2: float = 3.0
+    centre: CentreMethod = "peak"
 
     def __post_init__(self) -> None:
         if self.instances not in ("watershed", "connected"):
             raise ValueError(
                 f"instances must be 'watershed' or 'connected', got {self.instances!r}"
             )
+        if self.centre not in ("peak", "centroid"):
+            raise ValueError(f"centre must be 'peak' or 'centroid', got {self.centre!r}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -106,6 +112,17 @@ def instances(
     return remove_small_objects(labels, params.min_area_um2 / mpp**2)
 
 
+def instance_centroids(labels: np.ndarray) -> np.ndarray:
+    """(n, 2) centroids as (x, y) of instances 1..n of a label image."""
+    flat = labels.ravel()
+    n = int(labels.max())
+    counts = np.maximum(np.bincount(flat, minlength=n + 1)[1:], 1)
+    rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
+    mean_row = np.bincount(flat, weights=rows, minlength=n + 1)[1:] / counts
+    mean_col = np.bincount(flat, weights=cols, minlength=n + 1)[1:] / counts
+    return np.stack([mean_col, mean_row], axis=1)
+
+
 def fill_small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
     """The mask with every enclosed hole of at most ``max_hole_px`` pixels filled."""
     holes = ndimage.binary_fill_holes(mask) & ~mask
@@ -133,7 +150,8 @@ def postprocess(
     """Detections and instances from a nucleus probability map (H, W) in [0, 1].
 
     Every instance is represented by at least one detection: instances without a peak (small or
-    flat objects) get one at their most probable pixel.
+    flat objects) get one at their most probable pixel. With ``params.centre == "centroid"``
+    each detection is placed at the centroid of its instance instead of its peak.
     """
     peaks = detect(probability, mpp=mpp, params=params)
     labels = instances(probability, peaks, mpp=mpp, params=params)
@@ -150,6 +168,8 @@ def postprocess(
         instance = np.concatenate([instance, missing.astype(instance.dtype)])
     score = probability[peaks[:, 0], peaks[:, 1]] if len(peaks) else np.zeros(0)
     xy = peaks[:, ::-1].astype(np.float64)
+    if params.centre == "centroid" and len(peaks):
+        xy = instance_centroids(labels)[instance - 1]
     return Cells(
         labels=labels, xy=xy, score=score.astype(np.float32), instance=instance.astype(np.int32)
     )

@@ -143,13 +143,15 @@ def predict_images(
     tile: int = 512,
     overlap: int = 128,
     batch_size: int = 4,
+    tta: bool = False,
     save_probability: bool = False,
     overlay: bool = True,
     progress: bool = True,
 ) -> list[PredictionSummary]:
     """Predict every image and write ``out/<stem>.tif`` (instance labels, input size),
     ``<stem>.csv`` and ``<stem>.geojson`` (cells), optionally ``<stem>_probability.tif`` and
-    ``<stem>_overlay.png``, and ``predictions.json`` (pixel sizes and timings)."""
+    ``<stem>_overlay.png``, and ``predictions.json`` (pixel sizes and timings). ``tta``:
+    average the network over the 8 symmetries of the square (8 times slower)."""
     out = Path(out)
     params = params or predictor.postprocess
     paths = list_images(images)
@@ -165,6 +167,7 @@ def predict_images(
             tile=tile,
             overlap=overlap,
             batch_size=batch_size,
+            tta=tta,
             progress=progress,
         )
         modelled = time.perf_counter()
@@ -197,6 +200,7 @@ def predict_images(
     record = {
         "model": predictor.source,
         "postprocess": params.to_dict(),
+        "tta": tta,
         "images": {s.stem: asdict(s) for s in summaries},
     }
     with atomic_output(out / SUMMARY_FILE) as tmp:

@@ -546,17 +546,26 @@ def fit(
     run_dir: str | os.PathLike[str],
     *,
     resume: bool = False,
+    steps: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue training) and return where it ended.
 
     A new run refuses a folder that already holds a checkpoint. Ctrl-C saves ``last.pt`` and
-    raises :class:`TrainingInterrupted`.
+    raises :class:`TrainingInterrupted`. ``steps`` with ``resume`` sets a new total, so that a
+    finished run can be trained longer (the learning rate is constant, so this is the same as
+    having asked for that many steps at the start).
     """
     dist = Distributed.from_environment()
     with distributed_context(dist, (config.device if config else "auto")) as device:
         return _fit(
-            config, Path(run_dir), resume=resume, progress=progress, dist=dist, device=device
+            config,
+            Path(run_dir),
+            resume=resume,
+            steps=steps,
+            progress=progress,
+            dist=dist,
+            device=device,
         )
 
 
@@ -565,6 +574,7 @@ def _fit(
     run_dir: Path,
     *,
     resume: bool,
+    steps: int | None,
     progress: bool,
     dist: Distributed,
     device: str,
@@ -573,6 +583,13 @@ def _fit(
     if resume:
         state = load_checkpoint(run_dir / "last.pt")
         config = TrainConfig.from_dict(state["config"])
+        if steps is not None:
+            if steps <= state["step"]:
+                raise PointcellInputError(
+                    f"{run_dir} has already trained {state['step']} steps; "
+                    f"--steps must be more to train it longer (got {steps})"
+                )
+            config = replace(config, steps=steps, epochs=None)
     elif config is None:
         raise ValueError("a new run needs a config")
     elif (run_dir / "last.pt").exists():

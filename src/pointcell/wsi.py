@@ -67,6 +67,7 @@ class SlideSettings:
     network_tile: int = 512
     network_overlap: int = 128
     batch_size: int = 4
+    tta: bool = False  # average the network over the 8 symmetries of the square
     tissue_min_od: float = 0.05  # optical density floor of tissue (white glass is ~0.03)
     reader: SlideReader = "auto"
 
@@ -368,6 +369,7 @@ def process_tiles(
                 tile=settings.network_tile,
                 overlap=settings.network_overlap,
                 batch_size=settings.batch_size,
+                tta=settings.tta,
             )
             times.model_s += time.perf_counter() - start
             times.megapixels += region.pixels.shape[0] * region.pixels.shape[1] / 1e6
