@@ -290,10 +290,11 @@ def test_predict_tta_and_centroid_centres(sample, tmp_path):
         xy = np.stack([table["x"], table["y"]], axis=1)
         return xy, json.loads((out / "predictions.json").read_text())
 
-    peaks, plain = run("peaks", [])
-    centroids, averaged = run("centroids", ["--tta", "--centre", "centroid"])
+    peaks, plain = run("peaks", ["--centre", "peak"])
+    centroids, averaged = run("centroids", ["--tta"])
     assert plain["tta"] is False and averaged["tta"] is True
-    assert averaged["postprocess"]["centre"] == "centroid"
+    assert plain["postprocess"]["centre"] == "peak"
+    assert averaged["postprocess"]["centre"] == "centroid"  # the default
     assert abs(len(centroids) - len(peaks)) <= 0.1 * len(peaks)
     # centroids are means of pixel positions: most are not on the pixel grid as peaks are
     assert np.mean(centroids != np.rint(centroids)) > 0.5

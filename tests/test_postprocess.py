@@ -19,7 +19,7 @@ def blobs(centres_rc, shape=(60, 80), sigma=5.0):
 
 def test_watershed_splits_touching_nuclei_connected_components_do_not():
     prob = blobs([(30, 30), (30, 40)])  # 10 px apart: one connected mask (0.58 between)
-    params = PostprocessParams(min_area_um2=0)
+    params = PostprocessParams(min_area_um2=0, centre="peak")
     split = postprocess(prob, mpp=0.5, params=params)
     merged = postprocess(
         prob, mpp=0.5, params=PostprocessParams(instances="connected", min_area_um2=0)
@@ -103,10 +103,8 @@ def test_centroid_centres_sit_at_the_middle_of_a_nucleus_that_peaks_off_centre()
     rr, cc = np.mgrid[0:60, 0:60]
     inside = (rr - 30) ** 2 + (cc - 30) ** 2 <= 10**2  # disk of radius 10 at (30, 30)
     prob = np.where(inside, 0.7 + 0.25 * (cc - 20) / 20, 0.0).astype(np.float32)  # peak at rim
-    at_peak = postprocess(prob, mpp=0.5, params=PostprocessParams(min_area_um2=0))
-    at_centroid = postprocess(
-        prob, mpp=0.5, params=PostprocessParams(min_area_um2=0, centre="centroid")
-    )
+    at_peak = postprocess(prob, mpp=0.5, params=PostprocessParams(min_area_um2=0, centre="peak"))
+    at_centroid = postprocess(prob, mpp=0.5, params=PostprocessParams(min_area_um2=0))
     assert len(at_peak.xy) == len(at_centroid.xy) == 1
     assert at_peak.xy[0, 0] > 36  # the peak sits near the right rim
     np.testing.assert_allclose(at_centroid.xy[0], [30, 30], atol=1e-9)
@@ -119,6 +117,19 @@ def test_instance_centroids_of_known_rectangles():
     labels[1:4, 2:5] = 1  # rows 1-3, cols 2-4: centre (x=3, y=2)
     labels[6:10, 8:12] = 2  # rows 6-9, cols 8-11: centre (x=9.5, y=7.5)
     np.testing.assert_allclose(instance_centroids(labels), [[3, 2], [9.5, 7.5]])
+
+
+def test_a_centroid_outside_its_nucleus_gives_way_to_the_peak():
+    prob = np.zeros((40, 40), np.float32)
+    prob[5:35, 5:9] = 0.8  # an L-shaped nucleus: its centroid lies in the bend's gap
+    prob[31:35, 5:35] = 0.8
+    prob[20, 7] = 0.9
+    one_peak = PostprocessParams(min_area_um2=0, smooth_um=0, min_distance_um=50)
+    cells = postprocess(prob, mpp=0.5, params=one_peak)
+    assert len(cells.xy) == 1
+    x, y = cells.xy[0]
+    assert cells.labels[round(y), round(x)] == cells.instance[0] == 1
+    assert (x, y) == (7, 20)
 
 
 def test_bad_centre_method():
