@@ -146,7 +146,7 @@ def f1_at_published_radius(out: Path, gt: Path) -> float:
     return json.loads(report.read_text())["aggregate"]["det_f1"]
 
 
-def crchisto(steps: int) -> list[tuple[str, dict]]:
+def crchisto(steps: int, unclicked_steps: int) -> list[tuple[str, dict]]:
     data = SHARED / "crchisto"
     published = json.loads((data / "split.json").read_text())
     split = {"train": published["train"], "val": published["validation"], "test": published["test"]}
@@ -158,12 +158,12 @@ def crchisto(steps: int) -> list[tuple[str, dict]]:
     # model trained with unclicked = ignore lie more than 6 µm from any click): the model
     # may learn which nuclei the annotators skipped
     variants = (
-        ("classes-crchisto", (), "HED jitter 0.05"),
-        ("classes-crchisto-unclicked", ("--unclicked", "background"), "HED jitter 0.05, "
-         "unclicked nuclei = background"),
+        ("classes-crchisto", steps, (), "HED jitter 0.05"),
+        ("classes-crchisto-unclicked", unclicked_steps, ("--unclicked", "background"),
+         "HED jitter 0.05, unclicked nuclei = background"),
     )  # fmt: skip
-    for name, extra, label in variants:
-        run = train(name, data / "images", data / "points", CRC_MPP, split, steps, extra=extra)
+    for name, length, extra, label in variants:
+        run = train(name, data / "images", data / "points", CRC_MPP, split, length, extra=extra)
         out = RUNS / f"{name}-pred"
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
         outputs.append((f"pointcell ({label}; {trained_steps(run)[0]} steps)", out))
@@ -265,10 +265,17 @@ def main() -> None:
     parser.add_argument(
         "--crchisto-steps", type=int, help="training steps on CRCHisto (default: --steps)"
     )
+    parser.add_argument(
+        "--crchisto-unclicked-steps",
+        type=int,
+        help="training steps of the CRCHisto unclicked-background variant (default: "
+        "--crchisto-steps)",
+    )
     args = parser.parse_args()
     crc_steps = args.crchisto_steps or args.steps
+    unclicked_steps = args.crchisto_unclicked_steps or crc_steps
     start = time.perf_counter()
-    crc_rows = crchisto(crc_steps)
+    crc_rows = crchisto(crc_steps, unclicked_steps)
     ki67_rows, threshold = shidc(args.steps)
     minutes = (time.perf_counter() - start) / 60
     lines = [
@@ -276,10 +283,11 @@ def main() -> None:
         "",
         f"{provenance()}. Command: `python benchmarks/classes.py --steps {args.steps}"
         + (f" --crchisto-steps {crc_steps}" if crc_steps != args.steps else "")
+        + (f" --crchisto-unclicked-steps {unclicked_steps}" if unclicked_steps != crc_steps else "")
         + f"` ({minutes:.0f} min, 2 CPU cores"
         + (f"; finished training runs reused: {', '.join(REUSED)}" if REUSED else "")
         + "). pointcell: ResNet18 U-Net fine-tuned from "
-        f"`pointcell-he` for {crc_steps} (CRCHisto) / {args.steps} (SHIDC) steps (CPU preset "
+        f"`pointcell-he` for the steps given per variant (CRCHisto) / {args.steps} (SHIDC) steps (CPU preset "
         "otherwise, HED jitter 0.05 unless stated), class "
         "head trained on disks of 2 µm around typed clicks. Prediction: `--tta` (8 rotations "
         "and mirror images averaged), cells at the centroids of their nuclei (the default). "
