@@ -287,8 +287,8 @@ def main() -> None:
         + f"` ({minutes:.0f} min, 2 CPU cores"
         + (f"; finished training runs reused: {', '.join(REUSED)}" if REUSED else "")
         + "). pointcell: ResNet18 U-Net fine-tuned from "
-        f"`pointcell-he` for the steps given per variant (CRCHisto) / {args.steps} (SHIDC) steps (CPU preset "
-        "otherwise, HED jitter 0.05 unless stated), class "
+        f"`pointcell-he` for the steps given in each CRCHisto row / {args.steps} steps (SHIDC) "
+        "(CPU preset otherwise, HED jitter 0.05 unless stated), class "
         "head trained on disks of 2 µm around typed clicks. Prediction: `--tta` (8 rotations "
         "and mirror images averaged), cells at the centroids of their nuclei (the default). "
         "Detection: Hungarian matching "
