@@ -1,6 +1,7 @@
 import csv
 import gzip
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -123,6 +124,21 @@ def test_every_nucleus_once_and_whole_across_tile_borders(tmp_path):
     np.testing.assert_allclose(areas, np.pi * RADIUS**2, rtol=0.15)  # whole, not cut
     assert len({c["tile"] for c in cells}) >= 5
     assert not (tmp_path / "out" / "disks.parts").exists()
+
+
+def test_tta_on_a_slide_runs_every_tile_in_8_poses_and_keeps_the_cells(tmp_path):
+    slide = disk_slide(tmp_path / "disks.tif")
+    counts = {}
+    for tta in (False, True):
+        predictor = darkness_predictor()
+        calls = []
+        predictor.model.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        settings = replace(SMALL_TILES, tta=tta)
+        out = tmp_path / f"out-{tta}"
+        predict_slide(slide, out, model="d", predictor=predictor, settings=settings, progress=False)
+        counts[tta] = (len(calls), read_cells(out / "disks.csv"))
+    assert counts[True][0] == 8 * counts[False][0] > 0
+    assert counts[True][1] == counts[False][1]  # an orientation-free model: same cells
 
 
 def test_label_zarr_holds_every_nucleus_whole_with_the_table_ids(tmp_path):
