@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from pointcell.encodings import (
     BACKGROUND,
@@ -9,7 +10,6 @@ from pointcell.encodings import (
     EncodingParams,
     cluster_label,
     encode,
-    grouped_kmeans,
     nearest_points,
     repel_code,
     unclicked_nuclei,
@@ -89,17 +89,46 @@ def test_nearest_points_distances():
     np.testing.assert_allclose(near.d2[0], [4, 3, 2, 3, 4])
 
 
-def test_grouped_kmeans_splits_each_group_independently():
-    # group 0: values near 0 and 10; group 1: values near 100 and 200
-    values = np.array([0, 1, 10, 11, 100, 101, 200, 201], dtype=np.float32)[:, None]
-    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    assign = grouped_kmeans(values, groups, 2, k=2, init_order=values[:, 0], iterations=10)
-    assert assign.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
-    # centres fitted on a sample still assign every pixel
-    sampled = grouped_kmeans(
-        values, groups, 2, k=2, init_order=values[:, 0], iterations=10, sample=np.arange(0, 8, 2)
-    )
-    assert sampled.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+@pytest.mark.parametrize(
+    ("n_points", "corner_only"), [(1, False), (2, False), (7, False), (300, False), (40, True)]
+)
+def test_nearest_points_are_exact_against_a_kd_tree(n_points, corner_only):
+    # points clustered in one corner leave most pixels beyond every scatter disk
+    rng = np.random.default_rng(n_points)
+    shape = (180, 240)
+    high = [40, 40] if corner_only else [shape[1] - 0.5, shape[0] - 0.5]
+    points = rng.uniform(-0.5, high, size=(n_points, 2))
+    near = nearest_points(points, shape)
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    grid = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(float)
+    k = min(2, n_points)
+    distance, index = cKDTree(points).query(grid, k=k)
+    distance, index = distance.reshape(-1, k), index.reshape(-1, k)
+    np.testing.assert_allclose(near.d1.ravel(), distance[:, 0])
+    np.testing.assert_array_equal(near.i1.ravel(), index[:, 0])
+    if k == 2:
+        np.testing.assert_allclose(near.d2.ravel(), distance[:, 1])
+    else:
+        assert np.isinf(near.d2).all() and (near.i2 == -1).all()
+
+
+def test_local_clustering_adapts_to_each_cells_own_stain():
+    # a dark nucleus on a mid background beside a pale nucleus on a light background: the
+    # pale nucleus is lighter than the dark cell's background, yet each cell finds its own
+    shape, radius = (40, 80), 6
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    left = cols < 40
+    image = np.where(left[..., None], 150, 225).astype(float) * np.ones(3)
+    dark = (cols - 20) ** 2 + (rows - 20) ** 2 <= radius**2
+    pale = (cols - 60) ** 2 + (rows - 20) ** 2 <= radius**2
+    image[dark], image[pale] = 60, 175
+    image += np.random.default_rng(0).normal(0, 3, image.shape)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    label = cluster_label(image, np.array([[20.0, 20.0], [60.0, 20.0]]), mpp=0.25)
+    found = label == NUCLEUS
+    assert not (found & ~ndimage.binary_dilation(dark | pale, iterations=2)).any()
+    for nucleus in (dark, pale):
+        assert found[ndimage.binary_erosion(nucleus, iterations=2)].all()
 
 
 @pytest.mark.parametrize("clustering", ["local", "global"])

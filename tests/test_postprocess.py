@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from pointcell.postprocess import (
     PostprocessParams,
@@ -97,6 +98,17 @@ def test_fill_small_holes_fills_only_small_enclosed_holes():
     filled = fill_small_holes(mask, max_hole_px=4)
     assert filled[2, 2] and not filled[8, 8]
     assert filled.sum() == mask.sum() + 1
+    mask[0, 3] = False  # a notch open to the border is not a hole
+    assert not fill_small_holes(mask, max_hole_px=4)[0, 3]
+
+
+def test_fill_small_holes_without_a_size_limit_is_binary_fill_holes():
+    from pointcell.postprocess import fill_small_holes
+
+    mask = np.random.default_rng(0).random((64, 64)) < 0.55
+    np.testing.assert_array_equal(
+        fill_small_holes(mask, max_hole_px=np.inf), ndimage.binary_fill_holes(mask)
+    )
 
 
 def test_centroid_centres_sit_at_the_middle_of_a_nucleus_that_peaks_off_centre():

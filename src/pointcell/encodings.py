@@ -29,6 +29,7 @@ from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from sklearn.cluster import KMeans
 
+from pointcell.kernels import local_cluster_roles, near_bisector, repel, scatter_two_nearest
 from pointcell.postprocess import fill_small_holes, remove_small_objects
 
 BACKGROUND, NUCLEUS, IGNORE = 0, 1, 2
@@ -107,33 +108,39 @@ class NearestPoints:
     i2: np.ndarray
 
 
+SEARCH_SPACINGS = 2.0  # scatter radius of the nearest-points search, in mean point spacings
+
+
 def nearest_points(points_xy: np.ndarray, shape: tuple[int, int]) -> NearestPoints:
-    """Distances from every pixel centre to its two nearest points (KD-tree, all cores)."""
+    """Distances from every pixel centre to its two nearest points, exactly.
+
+    Each point scatters its distance over a disk of about two mean point spacings (compiled,
+    one pass); the few pixels that no two disks reach (empty tissue, image corners) are
+    resolved by a KD-tree query.
+    """
     rows, cols = shape
     n = len(points_xy)
     if n == 0:
         inf = np.full(shape, np.inf)
-        none = np.full(shape, -1, dtype=np.int64)
+        none = np.full(shape, -1, dtype=np.int32)
         return NearestPoints(inf, inf.copy(), none, none.copy())
-    rr, cc = np.mgrid[0:rows, 0:cols]
-    grid = np.stack([cc.ravel(), rr.ravel()], axis=1).astype(np.float64)
-    k = min(2, n)
-    dist, idx = (
-        cKDTree(points_xy).query(grid, k=2, workers=-1)
-        if k == 2
-        else (cKDTree(points_xy).query(grid, k=1, workers=-1))
-    )
-    dist = dist.reshape(rows * cols, -1)
-    idx = idx.reshape(rows * cols, -1).astype(np.int64)
-    if k == 1:
-        dist = np.concatenate([dist, np.full_like(dist, np.inf)], axis=1)
-        idx = np.concatenate([idx, np.full_like(idx, -1)], axis=1)
-    return NearestPoints(
-        dist[:, 0].reshape(shape),
-        dist[:, 1].reshape(shape),
-        idx[:, 0].reshape(shape),
-        idx[:, 1].reshape(shape),
-    )
+    points_xy = np.ascontiguousarray(points_xy, dtype=np.float64)
+    d1_sq = np.full(shape, np.inf)
+    d2_sq = np.full(shape, np.inf)
+    i1 = np.full(shape, -1, dtype=np.int32)
+    i2 = np.full(shape, -1, dtype=np.int32)
+    radius = max(SEARCH_SPACINGS * np.sqrt(rows * cols / n), 2.0)
+    scatter_two_nearest(points_xy, radius, d1_sq, d2_sq, i1, i2)
+    unresolved_rc = np.nonzero(d2_sq > radius**2)
+    if len(unresolved_rc[0]):
+        query = np.stack([unresolved_rc[1], unresolved_rc[0]], axis=1).astype(np.float64)
+        k = min(2, n)
+        dist, idx = cKDTree(points_xy).query(query, k=k)
+        dist, idx = dist.reshape(len(query), k), idx.reshape(len(query), k)
+        d1_sq[unresolved_rc], i1[unresolved_rc] = dist[:, 0] ** 2, idx[:, 0]
+        if k == 2:
+            d2_sq[unresolved_rc], i2[unresolved_rc] = dist[:, 1] ** 2, idx[:, 1]
+    return NearestPoints(np.sqrt(d1_sq, out=d1_sq), np.sqrt(d2_sq, out=d2_sq), i1, i2)
 
 
 def voronoi_edges(points_xy: np.ndarray, near: NearestPoints) -> np.ndarray:
@@ -147,10 +154,8 @@ def voronoi_edges(points_xy: np.ndarray, near: NearestPoints) -> np.ndarray:
     """
     if len(points_xy) < 2:
         return np.zeros(near.d1.shape, dtype=bool)
-    separation = np.linalg.norm(points_xy[near.i1] - points_xy[near.i2], axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        to_bisector = (near.d2**2 - near.d1**2) / (2.0 * separation)
-    edges = np.nan_to_num(to_bisector, nan=0.0) <= 0.5
+    points_xy = np.ascontiguousarray(points_xy, dtype=np.float64)
+    edges = near_bisector(points_xy, near.d1, near.d2, near.i1, near.i2, 0.5)
     for axis in (0, 1):
         _close_gaps(edges, near.i1, points_xy, axis=axis)
     return edges
@@ -228,14 +233,11 @@ def repel_code(
     near = near if near is not None else nearest_points(points_xy, shape)
     if len(points_xy) == 0:
         return np.zeros(shape, dtype=np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(np.isfinite(near.d2) & (near.d2 > 0), near.d1 / near.d2, 0.0)
-    spread_um = near.d1 * (1.0 + ratio) * mpp
-    code = 1.0 / (1.0 + params.repel_alpha_per_um * spread_um)
-    return np.where(spread_um < params.repel_radius_um, code, 0.0).astype(np.float32)
+    return repel(near.d1, near.d2, mpp, params.repel_alpha_per_um, params.repel_radius_um)
 
 
 FIT_SPACING_UM = 0.5  # k-means centres are fitted on pixels this far apart
+KMEANS_TOLERANCE = 1e-3  # Lloyd iterations stop when at most this share of pixels move
 
 
 def cluster_features(
@@ -246,84 +248,6 @@ def cluster_features(
     distance_um = np.minimum(near.d1.reshape(-1) * mpp, params.distance_cap_um)
     distance = (distance_um * params.distance_weight_per_um).astype(np.float32)
     return np.concatenate([rgb, distance[:, None]], axis=1)
-
-
-def grouped_kmeans(
-    features: np.ndarray,
-    groups: np.ndarray,
-    n_groups: int,
-    *,
-    k: int,
-    init_order: np.ndarray,
-    iterations: int,
-    tolerance: float = 1e-3,
-    sample: np.ndarray | None = None,
-) -> np.ndarray:
-    """Run Lloyd's k-means independently inside every group, all groups at once.
-
-    Cluster ``j`` of a group starts as the mean of the pixels in the ``j``-th of ``k`` equal
-    bands of ``init_order`` (here the distance to the point) between 0 and the group's
-    largest value, so the result is deterministic, needs no sorting, and cluster 0 starts at
-    the point (an empty band leaves its cluster empty: it never wins a pixel). Centres are
-    fitted on the pixels in ``sample`` (indices; default all), then every pixel takes its
-    nearest centre. Iteration stops when fewer than ``tolerance`` of the fitted pixels change
-    cluster.
-    """
-    sample = np.arange(len(features)) if sample is None else sample
-    fit_features, fit_groups = features[sample], groups[sample]
-    largest = np.zeros(n_groups, dtype=np.float64)
-    np.maximum.at(largest, fit_groups, init_order[sample])
-    # the largest value falls in the last band, a value at a band edge in the lower one
-    scaled = init_order[sample] / np.maximum(largest[fit_groups] * (1 + 1e-6), 1e-12)
-    assign = np.minimum((scaled * k).astype(np.int64), k - 1)
-    centres = _group_means(fit_features, fit_groups * k + assign, n_groups * k, fallback=None)
-    for _ in range(iterations):
-        new_assign = _nearest_centre(fit_features, centres.reshape(n_groups, k, -1), fit_groups)
-        changed = np.count_nonzero(new_assign != assign)
-        assign = new_assign
-        if changed <= tolerance * len(sample):
-            break
-        centres = _group_means(
-            fit_features, fit_groups * k + assign, n_groups * k, fallback=centres
-        )
-    return _nearest_centre(features, centres.reshape(n_groups, k, -1), groups)
-
-
-def _nearest_centre(features: np.ndarray, centres: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Index of the nearest of each pixel's group centres (squared Euclidean distance);
-    ``centres`` is (groups, k, features). One centre at a time: a (pixels, features) gather
-    per centre is faster than one (pixels, k, features) gather."""
-    nearest = np.zeros(len(features), dtype=np.int64)
-    best = None
-    for j in range(centres.shape[1]):
-        diff = np.take(np.ascontiguousarray(centres[:, j, :]), groups, axis=0)
-        diff -= features
-        distance = np.einsum("nf,nf->n", diff, diff)
-        if best is None:
-            best = distance
-        else:
-            closer = distance < best
-            nearest[closer] = j
-            np.minimum(best, distance, out=best)
-    return nearest
-
-
-def _group_means(
-    features: np.ndarray, index: np.ndarray, size: int, fallback: np.ndarray | None
-) -> np.ndarray:
-    counts = np.bincount(index, minlength=size).astype(np.float64)
-    sums = np.stack(
-        [
-            np.bincount(index, weights=features[:, j], minlength=size)
-            for j in range(features.shape[1])
-        ],
-        axis=1,
-    )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        means = sums / counts[:, None]
-    empty = counts == 0
-    means[empty] = 1e6 if fallback is None else fallback[empty]  # empty clusters never win
-    return means.astype(np.float32)
 
 
 def _cluster_roles(
@@ -375,19 +299,18 @@ def cluster_label(
     if len(points_xy) == 0:
         return np.full(shape, BACKGROUND, dtype=np.uint8)
     near = near if near is not None else nearest_points(points_xy, shape)
-    features = cluster_features(image, near, mpp=mpp, params=params)
-    disks = point_disks(points_xy, near, radius_px=params.point_radius_um / mpp).reshape(-1)
+    disks = point_disks(points_xy, near, radius_px=params.point_radius_um / mpp)
     k = params.n_clusters
     if params.clustering == "local":
-        roles = _local_roles(features, near, disks, k=k, mpp=mpp, params=params).reshape(shape)
+        roles = _local_roles(image, near, disks, k=k, mpp=mpp, params=params)
     else:
+        features = cluster_features(image, near, mpp=mpp, params=params)
         assign = _global_kmeans(features, k=k, seed=params.seed)
         groups = np.zeros(len(features), dtype=np.int64)
-        roles = _cluster_roles(assign, groups, 1, k, disks, features[:, -1]).reshape(shape)
+        roles = _cluster_roles(assign, groups, 1, k, disks.reshape(-1), features[:, -1])
+        roles = roles.reshape(shape)
     edges = edges if edges is not None else voronoi_edges(points_xy, near)
-    label = _clean_nuclei(
-        roles, edges, disks.reshape(shape), max_hole_px=params.max_hole_um2 / mpp**2
-    )
+    label = _clean_nuclei(roles, edges, disks, max_hole_px=params.max_hole_um2 / mpp**2)
     if params.unclicked == "background":
         unclicked = unclicked_nuclei(
             image, near.d1, mpp=mpp, max_distance_um=params.unclicked_distance_um
@@ -429,7 +352,7 @@ def unclicked_nuclei(
 
 
 def _local_roles(
-    features: np.ndarray,
+    image: np.ndarray,
     near: NearestPoints,
     disks: np.ndarray,
     *,
@@ -437,28 +360,27 @@ def _local_roles(
     mpp: float,
     params: EncodingParams,
 ) -> np.ndarray:
-    """Roles from k-means inside each Voronoi cell, restricted to ``cell_radius_um``."""
-    roles = np.full(len(features), BACKGROUND, dtype=np.uint8)
-    near_d1 = near.d1.reshape(-1)
-    local = np.flatnonzero(near_d1 * mpp <= params.cell_radius_um)
-    groups = near.i1.reshape(-1)[local]
-    n_groups = int(near.i1.max()) + 1
-    sub = features[local]
-    # fit on a regular grid of pixels about 0.5 µm apart (all pixels at 0.5 µm/px and coarser)
-    step = max(1, int(round(FIT_SPACING_UM / mpp)))
-    rows, cols = np.divmod(local, near.d1.shape[1])
-    on_grid = np.flatnonzero((rows % step == 0) & (cols % step == 0))
-    assign = grouped_kmeans(
-        sub,
-        groups,
-        n_groups,
-        k=k,
-        init_order=near_d1[local],
-        iterations=params.kmeans_iterations,
-        sample=on_grid,
+    """Roles (H, W) from k-means inside each Voronoi cell, restricted to ``cell_radius_um``;
+    centres are fitted on a regular grid of pixels about 0.5 µm apart (all pixels at 0.5 µm/px
+    and coarser), as in :func:`pointcell.kernels.local_cluster_roles`."""
+    return local_cluster_roles(
+        np.ascontiguousarray(image),
+        np.ascontiguousarray(near.d1),
+        np.ascontiguousarray(near.i1),
+        np.ascontiguousarray(disks),
+        int(near.i1.max()) + 1,
+        k,
+        params.colour_weight,
+        params.distance_cap_um / mpp,
+        params.distance_weight_per_um * mpp,
+        params.cell_radius_um / mpp,
+        max(1, int(round(FIT_SPACING_UM / mpp))),
+        params.kmeans_iterations,
+        KMEANS_TOLERANCE,
+        BACKGROUND,
+        NUCLEUS,
+        IGNORE,
     )
-    roles[local] = _cluster_roles(assign, groups, n_groups, k, disks[local], sub[:, -1])
-    return roles
 
 
 def _global_kmeans(

@@ -125,14 +125,18 @@ def instance_centroids(labels: np.ndarray) -> np.ndarray:
 
 
 def fill_small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
-    """The mask with every enclosed hole of at most ``max_hole_px`` pixels filled."""
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    if not holes.any():
-        return mask
-    hole_labels, n = ndimage.label(holes)
-    small = np.bincount(hole_labels.ravel(), minlength=n + 1) <= max_hole_px
+    """The mask with every enclosed hole of at most ``max_hole_px`` pixels filled.
+
+    A hole is a 4-connected region outside the mask that does not reach the image border
+    (as ``ndimage.binary_fill_holes`` defines it; one labelling instead of its iterated
+    dilation, several times faster).
+    """
+    outside, n = ndimage.label(~mask)
+    small = np.bincount(outside.ravel(), minlength=n + 1) <= max_hole_px
     small[0] = False
-    return mask | small[hole_labels]
+    border = np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]])
+    small[border] = False
+    return mask | small[outside]
 
 
 def remove_small_objects(labels: np.ndarray, min_area_px: float) -> np.ndarray:
