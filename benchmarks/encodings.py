@@ -68,6 +68,17 @@ def _tiny_example() -> tuple[np.ndarray, np.ndarray]:
     return image, np.array([[10.0, 10.0], [24.0, 20.0]])
 
 
+def speedup_table(loop_seconds: dict[str, list[float]], fast_seconds: list[float]) -> list[str]:
+    """Markdown rows: each per-cell loop's total time and pointcell's speed-up over it."""
+    lines = ["| per-cell loop | total s | pointcell speed-up |", "|---|---|---|"]
+    for n_init, values in loop_seconds.items():
+        lines.append(
+            f"| KMeans(n_init={n_init}) | {np.sum(values):.1f} | "
+            f"{np.sum(values) / np.sum(fast_seconds):.1f}x |"
+        )
+    return lines
+
+
 def label_quality(cluster: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
     nucleus = cluster == NUCLEUS
     return int((nucleus & truth).sum()), int(nucleus.sum()), int(truth.sum())
@@ -171,28 +182,14 @@ def main() -> None:
         f"nearest points shared) on the first {len(fast_same)} images, against all three "
         f"pointcell encodings ({np.sum(fast_same):.1f} s):",
         "",
-        "| per-cell loop | total s | pointcell speed-up |",
-        "|---|---|---|",
-    ]
-    for n_init, values in naive.items():
-        lines.append(
-            f"| KMeans(n_init={n_init}) | {np.sum(values):.1f} | "
-            f"{np.sum(values) / np.sum(fast_same):.1f}x |"
-        )
-    lines += [
+        *speedup_table(naive, fast_same),
         "",
         f"The same comparison at the working pixel size ({WORKING_MPP} µm/px: the images "
         "resampled as `pointcell train` does before encoding; 4x fewer pixels, as many cells) "
         f"— all three pointcell encodings {np.sum(fast_working):.2f} s:",
         "",
-        "| per-cell loop | total s | pointcell speed-up |",
-        "|---|---|---|",
+        *speedup_table(naive_working, fast_working),
     ]
-    for n_init, values in naive_working.items():
-        lines.append(
-            f"| KMeans(n_init={n_init}) | {np.sum(values):.1f} | "
-            f"{np.sum(values) / np.sum(fast_working):.1f}x |"
-        )
     lines += [
         "",
         "## Cluster-label quality against the true masks (pixels pooled over 30 images)",

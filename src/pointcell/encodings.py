@@ -15,6 +15,8 @@ stained nuclei that no click reaches are background in the cluster label instead
 
 Label maps use ``BACKGROUND = 0``, ``NUCLEUS = 1``, ``IGNORE = 2``. Points are (x, y) pixels;
 arrays are (row, col). All sizes are given in micrometres and converted with the pixel size.
+The per-pixel passes (two nearest points, Voronoi lines, local k-means, repel code) are
+compiled kernels in :mod:`pointcell.kernels`; this module holds the method and its parameters.
 """
 
 from __future__ import annotations
