@@ -12,6 +12,7 @@ fork-safe).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit
@@ -20,7 +21,21 @@ from numba import njit
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-@njit(cache=True, nogil=True)
+def compiled(**options: object) -> Callable[[Callable], Callable]:
+    """``numba.njit`` (no GIL) with an on-disk cache where numba finds a writable folder for it
+    (next to this file, or the user's cache); without one numba refuses ``cache=True`` at
+    import, so the kernels are then compiled afresh in each process instead."""
+
+    def decorate(function: Callable) -> Callable:
+        try:
+            return njit(cache=True, nogil=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(cache=False, nogil=True, **options)(function)
+
+    return decorate
+
+
+@compiled()
 def scatter_two_nearest(
     points_xy: np.ndarray,
     radius: float,
@@ -60,7 +75,7 @@ def scatter_two_nearest(
                     i2[r, c] = p
 
 
-@njit(cache=True, nogil=True)
+@compiled()
 def near_bisector(
     points_xy: np.ndarray,
     d1: np.ndarray,
@@ -87,7 +102,7 @@ def near_bisector(
     return out
 
 
-@njit(cache=True, nogil=True)
+@compiled()
 def repel(
     d1: np.ndarray, d2: np.ndarray, mpp: float, alpha_per_um: float, radius_um: float
 ) -> np.ndarray:
@@ -106,7 +121,7 @@ def repel(
     return out
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+@compiled(fastmath=FASTMATH, inline="always")
 def _pixel_features(
     image: np.ndarray,
     d1: np.ndarray,
@@ -125,7 +140,7 @@ def _pixel_features(
     )
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+@compiled(fastmath=FASTMATH, inline="always")
 def _nearest_centre(
     features: tuple[float, float, float, float], centres: np.ndarray, g: int
 ) -> int:
@@ -142,7 +157,7 @@ def _nearest_centre(
     return nearest
 
 
-@njit(cache=True, nogil=True)
+@compiled()
 def _update_centres(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray) -> None:
     """Centres become the means of their pixels; a cluster with no pixel keeps its centre."""
     n_groups, k, n_features = sums.shape
@@ -153,7 +168,7 @@ def _update_centres(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray) -
                     centres[g, j, f] = sums[g, j, f] / counts[g, j]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@compiled(fastmath=FASTMATH)
 def local_cluster_roles(
     image: np.ndarray,
     d1: np.ndarray,
