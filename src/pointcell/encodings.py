@@ -31,7 +31,7 @@ from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from sklearn.cluster import KMeans
 
-from pointcell.kernels import local_cluster_roles, near_bisector, repel, scatter_two_nearest
+from pointcell.kernels import local_kmeans, near_bisector, repel, scatter_two_nearest
 from pointcell.postprocess import fill_small_holes, remove_small_objects
 
 BACKGROUND, NUCLEUS, IGNORE = 0, 1, 2
@@ -252,33 +252,23 @@ def cluster_features(
     return np.concatenate([rgb, distance[:, None]], axis=1)
 
 
-def _cluster_roles(
-    assign: np.ndarray,
-    groups: np.ndarray,
-    n_groups: int,
-    k: int,
-    disks: np.ndarray,
-    distance: np.ndarray,
-) -> np.ndarray:
-    """Map k-means clusters to BACKGROUND / NUCLEUS / IGNORE per group.
+def _role_table(votes: np.ndarray, counts: np.ndarray, distance_sums: np.ndarray) -> np.ndarray:
+    """BACKGROUND / NUCLEUS / IGNORE of each cluster of each group (n_groups, k), as in Qu et
+    al., from per-cluster tallies: its point-disk pixels, its pixels, their summed distance.
 
     Nucleus: the cluster holding most point-disk pixels. Background: of the others, the one
     farthest from the point on average. Any remaining cluster is ignored.
     """
-    key = groups * k + assign
-    size = n_groups * k
-    votes = np.bincount(key[disks], minlength=size).reshape(n_groups, k)
+    n_groups, k = votes.shape
     nucleus = np.argmax(votes, axis=1)
-    counts = np.bincount(key, minlength=size).reshape(n_groups, k)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean_distance = np.bincount(key, weights=distance, minlength=size).reshape(n_groups, k)
-        mean_distance = np.where(counts > 0, mean_distance / counts, -np.inf)
+        mean_distance = np.where(counts > 0, distance_sums / counts, -np.inf)
     mean_distance[np.arange(n_groups), nucleus] = -np.inf
     background = np.argmax(mean_distance, axis=1)
     roles = np.full((n_groups, k), IGNORE, dtype=np.uint8)
     roles[np.arange(n_groups), background] = BACKGROUND
     roles[np.arange(n_groups), nucleus] = NUCLEUS
-    return roles[groups, assign]
+    return roles
 
 
 def cluster_label(
@@ -308,9 +298,12 @@ def cluster_label(
     else:
         features = cluster_features(image, near, mpp=mpp, params=params)
         assign = _global_kmeans(features, k=k, seed=params.seed)
-        groups = np.zeros(len(features), dtype=np.int64)
-        roles = _cluster_roles(assign, groups, 1, k, disks.reshape(-1), features[:, -1])
-        roles = roles.reshape(shape)
+        tallies = (
+            np.bincount(assign[disks.reshape(-1)], minlength=k),
+            np.bincount(assign, minlength=k),
+            np.bincount(assign, weights=features[:, -1], minlength=k),
+        )
+        roles = _role_table(*(t[None, :] for t in tallies))[0, assign].reshape(shape)
     edges = edges if edges is not None else voronoi_edges(points_xy, near)
     label = _clean_nuclei(roles, edges, disks, max_hole_px=params.max_hole_um2 / mpp**2)
     if params.unclicked == "background":
@@ -362,10 +355,11 @@ def _local_roles(
     mpp: float,
     params: EncodingParams,
 ) -> np.ndarray:
-    """Roles (H, W) from k-means inside each Voronoi cell, restricted to ``cell_radius_um``;
-    centres are fitted on a regular grid of pixels about 0.5 µm apart (all pixels at 0.5 µm/px
-    and coarser), as in :func:`pointcell.kernels.local_cluster_roles`."""
-    return local_cluster_roles(
+    """Roles (H, W) from k-means inside each Voronoi cell, restricted to ``cell_radius_um``
+    (farther pixels are background); centres are fitted on a regular grid of pixels about
+    0.5 µm apart (all pixels at 0.5 µm/px and coarser), see
+    :func:`pointcell.kernels.local_kmeans`."""
+    cluster, votes, counts, distance_sums = local_kmeans(
         np.ascontiguousarray(image),
         np.ascontiguousarray(near.d1),
         np.ascontiguousarray(near.i1),
@@ -379,10 +373,9 @@ def _local_roles(
         max(1, int(round(FIT_SPACING_UM / mpp))),
         params.kmeans_iterations,
         KMEANS_TOLERANCE,
-        BACKGROUND,
-        NUCLEUS,
-        IGNORE,
     )
+    roles = _role_table(votes, counts, distance_sums)[near.i1, cluster]
+    return np.where(cluster >= 0, roles, BACKGROUND).astype(np.uint8)
 
 
 def _global_kmeans(

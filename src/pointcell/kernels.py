@@ -169,7 +169,7 @@ def _update_centres(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray) -
 
 
 @compiled(fastmath=FASTMATH)
-def local_cluster_roles(
+def local_kmeans(
     image: np.ndarray,
     d1: np.ndarray,
     owner: np.ndarray,
@@ -183,21 +183,19 @@ def local_cluster_roles(
     fit_step: int,
     iterations: int,
     tolerance: float,
-    background: int,
-    nucleus: int,
-    ignore: int,
-) -> np.ndarray:
-    """Lloyd's k-means on [R, G, B, distance] inside every Voronoi cell at once, then roles.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lloyd's k-means on [R, G, B, distance] inside every Voronoi cell at once.
 
     Pixels farther than ``cell_radius_px`` from their point (``d1``) are background. Cluster
     ``j`` of a cell starts as the mean of the pixels in the ``j``-th of ``k`` equal bands of
     distance between 0 and the cell's largest distance: deterministic, no sorting, cluster 0
     starts at the point (an empty band's cluster never wins a pixel). Centres are fitted on
     the pixels of a grid with spacing ``fit_step``; iteration stops when at most ``tolerance``
-    of them change cluster; then every pixel takes its nearest centre. Roles per cell, as in
-    Qu et al.: nucleus = the cluster holding most ``disks`` pixels, background = of the
-    others, the cluster farthest from the point on average, any other cluster ignored.
-    Returns the role of every pixel (H, W) uint8.
+    of them change cluster; then every pixel takes its nearest centre.
+
+    Returns the cluster of every pixel (H, W) int8 (-1 beyond the cell radius) and, per cell
+    and cluster (n_cells, k): its pixels on ``disks``, its pixel count and the sum of its
+    pixels' distance feature -- what deciding the clusters' roles needs.
     """
     rows, cols = d1.shape
     n_features = 4
@@ -257,7 +255,7 @@ def local_cluster_roles(
         if changed <= tolerance * n_fit:
             break
         _update_centres(sums, counts, centres)
-    # every pixel of every cell takes its nearest centre; votes and distances decide roles
+    # every pixel of every cell takes its nearest centre; tallies for the roles
     cluster = np.full((rows, cols), -1, dtype=np.int8)
     votes = np.zeros((n_groups, k))
     distance_sums = np.zeros((n_groups, k))
@@ -276,26 +274,4 @@ def local_cluster_roles(
             distance_sums[g, j] += features[3]
             if disks[r, c]:
                 votes[g, j] += 1
-    role_of = np.full((n_groups, k), ignore, dtype=np.uint8)
-    for g in range(n_groups):
-        nucleus_j = 0
-        for j in range(1, k):
-            if votes[g, j] > votes[g, nucleus_j]:
-                nucleus_j = j
-        background_j = -1
-        farthest = -np.inf
-        for j in range(k):
-            if j != nucleus_j and counts[g, j] > 0:
-                mean = distance_sums[g, j] / counts[g, j]
-                if background_j < 0 or mean > farthest:
-                    background_j = j
-                    farthest = mean
-        if background_j >= 0:
-            role_of[g, background_j] = background
-        role_of[g, nucleus_j] = nucleus
-    roles = np.full((rows, cols), background, dtype=np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            if cluster[r, c] >= 0:
-                roles[r, c] = role_of[owner[r, c], cluster[r, c]]
-    return roles
+    return cluster, votes, counts, distance_sums
