@@ -103,11 +103,15 @@ def test_train_and_resume_commands(tmp_path):
 
     data = write_disk_dataset(tmp_path / "data")
     args = tiny_train_args(data / "images", data / "points", tmp_path)
-    args += ["--precision", "fp32", "--val-every", "1"]
+    args += ["--precision", "fp32", "--val-every", "1", "--scale-range", "0.5", "2"]
+    args += ["--stain-scale", "0.5", "1"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "trained 2 steps" in result.output
     assert (tmp_path / "run" / "best.pt").is_file()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["augment"]["scale_range"] == [0.5, 2.0]
+    assert config["augment"]["stain_scale_range"] == [0.5, 1.0]
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "already holds a run" in again.output
     resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "run")])
@@ -133,6 +137,8 @@ def test_train_needs_inputs_or_resume(tmp_path):
         ],
     )
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
+    reversed_zoom = CliRunner().invoke(main, ["train", "--scale-range", "2", "0.5"])
+    assert reversed_zoom.exit_code == 2 and "MIN must not exceed MAX" in reversed_zoom.output
 
 
 def test_predict_and_evaluate_commands(sample, small_checkpoint, tmp_path):

@@ -126,3 +126,53 @@ def test_batches_depend_only_on_seed_and_step():
     a.batch(0)
     assert torch.equal(a.batch(7)[0], b.batch(7)[0])
     assert not torch.equal(a.batch(7)[0], a.batch(8)[0])
+
+
+def striped_image(size=256, period=8):
+    """Vertical stripes of cluster label 0/1, ``period`` px wide, to measure zoom."""
+    cluster = ((np.arange(size) // (period // 2)) % 2).astype(np.uint8)[None].repeat(size, 0)
+    image = np.zeros((size, size, 3), np.uint8)
+    image[..., 0] = cluster * 100
+    return PreparedImage(
+        "s", image, cluster.copy(), cluster, cluster.astype(np.float32), np.zeros((0, 2)),
+        np.array([], str),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("zoom, stripes", [(2.0, 4), (0.5, 16)])
+def test_scale_range_zooms_and_zoomed_out_patches_stay_inside_the_window(zoom, stripes):
+    img = striped_image()
+    augment = AugmentParams(
+        flips=False, rot90=False, max_rotation_deg=0, scale_range=(zoom, zoom), max_shear_deg=0
+    )
+    sampler = PatchSampler(
+        [img], patch_size=32, batch_size=1, mean=[0, 0, 0], std=[1, 1, 1], augment=augment, seed=0
+    )
+    window = data_module.crop_window(img, (128.0, 128.0), sampler.window, sampler.fill)
+    theta = torch.from_numpy(sampler._theta(np.random.default_rng(0))[None]).float()
+    _, targets = sampler.warp([window], theta)
+    cluster = targets["cluster"][0]
+    assert not (cluster == IGNORE).any()  # a zoomed-out patch must not reach the padding
+    # a 32 px patch shows 32 / zoom input pixels: 2 stripes of 8 px per period
+    transitions = int((cluster[16, 1:] != cluster[16, :-1]).sum())
+    assert abs(transitions - stripes) <= 1
+
+
+def test_stain_scale_makes_patches_paler_by_the_drawn_factor():
+    from skimage.color import rgb2hed
+
+    colour = np.array([90, 70, 150], np.uint8)  # a hematoxylin-blue nucleus colour
+    img = PreparedImage(
+        "c", np.broadcast_to(colour, (64, 64, 3)).copy(), *[np.zeros((64, 64), np.uint8)] * 2,
+        np.zeros((64, 64), np.float32), np.zeros((0, 2)), np.array([], str),
+    )  # fmt: skip
+    mean = (colour / 255).tolist()  # padding has the same colour
+    augment = AugmentParams(stain_scale_range=(0.5, 0.5))
+    sampler = PatchSampler(
+        [img], patch_size=32, batch_size=2, mean=mean, std=[1, 1, 1], augment=augment, seed=0
+    )
+    images, _ = sampler.batch(0)
+    pixels = (images.permute(0, 2, 3, 1).numpy() + np.array(mean)) * 255
+    density = rgb2hed(np.clip(pixels, 0, 255).astype(np.uint8)[0, 16, 16][None, None])[0, 0]
+    original = rgb2hed(colour[None, None])[0, 0]
+    np.testing.assert_allclose(density, 0.5 * original, atol=0.01)

@@ -262,6 +262,25 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
     show_default=True,
     help="Stain augmentation: jitter of hematoxylin/eosin/DAB densities (0.05 is mild).",
 )
+@click.option(
+    "--scale-range",
+    type=(click.FloatRange(min=0.1, max=10), click.FloatRange(min=0.1, max=10)),
+    default=(0.8, 1.25),
+    show_default=True,
+    metavar="MIN MAX",
+    help="Random zoom of training patches (log-uniform; 2 = magnified twice). Widen it when "
+    "nuclei of the images to predict may be much larger or smaller than the training ones.",
+)
+@click.option(
+    "--stain-scale",
+    type=(click.FloatRange(min=0.05, max=20), click.FloatRange(min=0.05, max=20)),
+    default=(1.0, 1.0),
+    show_default=True,
+    metavar="MIN MAX",
+    help="Stain strength augmentation: every stain density of a patch times one random factor "
+    "(log-uniform; 0.3 = three times paler). For slides stained lighter or darker than the "
+    "training ones.",
+)
 @_device_options
 @click.option(
     "--cache-dir",
@@ -297,6 +316,8 @@ def train(
     snapshot_every: int | None,
     classes: str,
     hed_jitter: float,
+    scale_range: tuple[float, float],
+    stain_scale: tuple[float, float],
     device: str,
     precision: str,
     cache_dir: Path | None,
@@ -307,6 +328,9 @@ def train(
     from pointcell.model import ModelConfig
     from pointcell.train import TrainingInterrupted, fit, preset_config
 
+    for hint, (low, high) in (("--scale-range", scale_range), ("--stain-scale", stain_scale)):
+        if low > high:
+            raise click.BadParameter("MIN must not exceed MAX", param_hint=hint)
     try:
         if resume_dir is not None:
             result = fit(None, resume_dir, resume=True, steps=steps)
@@ -340,7 +364,9 @@ def train(
                 "precision": precision,
                 "cache_dir": str(cache_dir) if cache_dir else None,
                 "classes": _parse_classes(classes),
-                "augment": AugmentParams(hed_jitter=hed_jitter),
+                "augment": AugmentParams(
+                    hed_jitter=hed_jitter, scale_range=scale_range, stain_scale_range=stain_scale
+                ),
             }
             if encoder:
                 overrides["model"] = ModelConfig(encoder=encoder)

@@ -229,6 +229,9 @@ class AugmentParams:
     # stain jitter (Tellez et al. 2018): each of the hematoxylin, eosin and DAB optical
     # densities scaled by U(1-s, 1+s) and shifted by U(-s, s); 0 = off
     hed_jitter: float = 0.0
+    # stain strength: all three densities of a patch scaled by one log-uniform factor from
+    # this range (0.3 = a patch stained three times lighter); (1, 1) = off
+    stain_scale_range: tuple[float, float] = (1.0, 1.0)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -281,9 +284,11 @@ class PatchSampler:
         self.seed = seed
         areas = np.array([img.image.shape[0] * img.image.shape[1] for img in self.images], float)
         self.weights = areas / areas.sum()
-        # large enough for any rotation and the largest zoom-out; window - patch is even so
-        # that unrotated patches sample whole pixels (labels and image stay aligned)
-        margin = patch_size * max(augment.scale_range) * (math.sqrt(2) + 0.1) - patch_size
+        # large enough for any rotation and the largest zoom-out (a patch zoomed by s covers
+        # patch / s pixels); window - patch is even so that unrotated patches sample whole
+        # pixels (labels and image stay aligned)
+        zoom_out = 1.0 / min(augment.scale_range)
+        margin = patch_size * max(zoom_out, 1.0) * (math.sqrt(2) + 0.1) - patch_size
         self.window = patch_size + 2 * math.ceil(max(margin, 0.0) / 2)
 
     def batch(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -293,9 +298,12 @@ class PatchSampler:
         windows = [self._window(rng) for _ in range(self.batch_size)]
         thetas = np.stack([self._theta(rng) for _ in range(self.batch_size)])
         jitter = self.augment.hed_jitter
-        if jitter > 0:
+        strength = tuple(self.augment.stain_scale_range)
+        if jitter > 0 or strength != (1.0, 1.0):
             alpha = rng.uniform(1 - jitter, 1 + jitter, size=(self.batch_size, 3))
             beta = rng.uniform(-jitter, jitter, size=(self.batch_size, 3))
+            if strength != (1.0, 1.0):  # drawn only when asked: older runs keep their stream
+                alpha *= np.exp(rng.uniform(*np.log(strength), size=(self.batch_size, 1)))
             images = hed_jitter(np.stack([w[0] for w in windows]), alpha, beta)
             windows = [(image, *w[1:]) for image, w in zip(images, windows, strict=True)]
         return self.warp(windows, torch.from_numpy(thetas).float())
