@@ -88,6 +88,15 @@ def _output_folder_option(help_text: str = "Output folder."):  # noqa: ANN202
     )
 
 
+def _factor_range_option(name: str, default: tuple[float, float], help_text: str):  # noqa: ANN202
+    """A ``MIN MAX`` pair of positive factors for a log-uniform augmentation draw."""
+    factor = click.FloatRange(min=0.05, max=20)
+    return click.option(
+        name, type=(factor, factor), default=default, show_default=True, metavar="MIN MAX",
+        help=help_text,
+    )  # fmt: skip
+
+
 def _device_options(function):  # noqa: ANN001, ANN202
     function = click.option(
         "--precision",
@@ -262,22 +271,16 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
     show_default=True,
     help="Stain augmentation: jitter of hematoxylin/eosin/DAB densities (0.05 is mild).",
 )
-@click.option(
+@_factor_range_option(
     "--scale-range",
-    type=(click.FloatRange(min=0.1, max=10), click.FloatRange(min=0.1, max=10)),
-    default=(0.8, 1.25),
-    show_default=True,
-    metavar="MIN MAX",
-    help="Random zoom of training patches (log-uniform; 2 = magnified twice). Widen it when "
+    (0.8, 1.25),
+    "Random zoom of training patches (log-uniform; 2 = magnified twice). Widen it when "
     "nuclei of the images to predict may be much larger or smaller than the training ones.",
 )
-@click.option(
+@_factor_range_option(
     "--stain-scale",
-    type=(click.FloatRange(min=0.05, max=20), click.FloatRange(min=0.05, max=20)),
-    default=(1.0, 1.0),
-    show_default=True,
-    metavar="MIN MAX",
-    help="Stain strength augmentation: every stain density of a patch times one random factor "
+    (1.0, 1.0),
+    "Stain strength augmentation: every stain density of a patch times one random factor "
     "(log-uniform; 0.3 = three times paler). For slides stained lighter or darker than the "
     "training ones.",
 )
