@@ -175,14 +175,20 @@ def crchisto(steps: int, unclicked_steps: int) -> list[tuple[str, dict]]:
     return results
 
 
-def shidc(steps: int) -> tuple[list[tuple[str, dict]], float]:
-    data = SHARED / "shidc_ki67"
-    stems = sorted(p.stem for p in (data / "images").glob("*.jpg"))
+def shidc_patient_split(images: Path) -> dict[str, list[str]]:
+    """SHIDC by patient (file name ``<patient>_<image>_<crop>``): train on p1 (its first two
+    tiles pick the checkpoint), test on the other patient."""
+    stems = sorted(p.stem for p in images.glob("*.jpg"))
     train_stems = [s for s in stems if s.startswith("p1_")]
     test_stems = [s for s in stems if not s.startswith("p1_")]
-    split = {"train": train_stems[2:], "val": train_stems[:2], "test": test_stems}
-    test = [data / "images" / f"{stem}.jpg" for stem in test_stems]
-    train_images = [data / "images" / f"{stem}.jpg" for stem in train_stems]
+    return {"train": train_stems[2:], "val": train_stems[:2], "test": test_stems}
+
+
+def shidc(steps: int) -> tuple[list[tuple[str, dict]], float]:
+    data = SHARED / "shidc_ki67"
+    split = shidc_patient_split(data / "images")
+    test = [data / "images" / f"{stem}.jpg" for stem in split["test"]]
+    train_images = [data / "images" / f"{stem}.jpg" for stem in split["val"] + split["train"]]
     threshold = tuned_dab_threshold(train_images, data / "points", KI67_MPP)
     run = train("classes-shidc", data / "images", data / "points", KI67_MPP, split, steps)
     plain = train(

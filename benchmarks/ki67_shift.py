@@ -25,7 +25,14 @@ from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, provenance, write_result  # noqa: E402
-from classes import KI67_MPP, RUNS, predict_and_evaluate, train, trained_steps  # noqa: E402
+from classes import (  # noqa: E402
+    KI67_MPP,
+    RUNS,
+    predict_and_evaluate,
+    shidc_patient_split,
+    train,
+    trained_steps,
+)
 from pointcell.baseline import hematoxylin, hematoxylin_watershed, nuclear_density  # noqa: E402
 from pointcell.io.images import read_image  # noqa: E402
 from pointcell.io.points import read_points  # noqa: E402
@@ -90,10 +97,8 @@ def tile_audit(path: Path) -> dict[str, np.ndarray]:
 
 def audit() -> list[str]:
     by_patient: dict[str, list[dict[str, np.ndarray]]] = {}
-    counts: dict[str, int] = {}
     for path in sorted((DATA / "images").glob("*.jpg")):
         by_patient.setdefault(patient(path.stem), []).append(tile_audit(path))
-        counts[patient(path.stem)] = counts.get(patient(path.stem), 0) + 1
     lines = [
         "| patient | tiles | nucleus diameter at tumour clicks (µm, median, half maximum) "
         "| hematoxylin OD at negative "
@@ -105,7 +110,7 @@ def audit() -> list[str]:
         negative_h = np.concatenate([t["negative_h"] for t in tiles])
         covered = np.concatenate([t["covered"] for t in tiles])
         lines.append(
-            f"| {name} | {counts[name]} | {np.median(diameter):.1f} | {np.median(negative_h):.3f} "
+            f"| {name} | {len(tiles)} | {np.median(diameter):.1f} | {np.median(negative_h):.3f} "
             f"| {covered.mean():.0%} of {len(covered)} |"
         )
     return lines
@@ -130,11 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.time()
     audit_lines = audit()
-    stems = sorted(p.stem for p in (DATA / "images").glob("*.jpg"))
-    train_stems = [s for s in stems if patient(s) == "p1"]
-    test_stems = [s for s in stems if patient(s) != "p1"]
-    split = {"train": train_stems[2:], "val": train_stems[:2], "test": test_stems}
-    test = [DATA / "images" / f"{s}.jpg" for s in test_stems]
+    split = shidc_patient_split(DATA / "images")
+    test = [DATA / "images" / f"{s}.jpg" for s in split["test"]]
     rows, indices = [], {}
     for arm in args.arms:
         name, extra, label = ARMS[arm]

@@ -88,12 +88,20 @@ def _output_folder_option(help_text: str = "Output folder."):  # noqa: ANN202
     )
 
 
+def _ordered_range(
+    ctx: click.Context, param: click.Parameter, value: tuple[float, float]
+) -> tuple[float, float]:
+    if value[0] > value[1]:
+        raise click.BadParameter("MIN must not exceed MAX", ctx=ctx, param=param)
+    return value
+
+
 def _factor_range_option(name: str, default: tuple[float, float], help_text: str):  # noqa: ANN202
     """A ``MIN MAX`` pair of positive factors for a log-uniform augmentation draw."""
     factor = click.FloatRange(min=0.05, max=20)
     return click.option(
         name, type=(factor, factor), default=default, show_default=True, metavar="MIN MAX",
-        help=help_text,
+        callback=_ordered_range, help=help_text,
     )  # fmt: skip
 
 
@@ -331,9 +339,6 @@ def train(
     from pointcell.model import ModelConfig
     from pointcell.train import TrainingInterrupted, fit, preset_config
 
-    for hint, (low, high) in (("--scale-range", scale_range), ("--stain-scale", stain_scale)):
-        if low > high:
-            raise click.BadParameter("MIN must not exceed MAX", param_hint=hint)
     try:
         if resume_dir is not None:
             result = fit(None, resume_dir, resume=True, steps=steps)
