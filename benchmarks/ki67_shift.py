@@ -7,7 +7,9 @@ hematoxylin density at the clicks, and which share of the nuclei the training-fr
 finds carries a click. Part 2 trains on p1 (fine-tuned from ``pointcell-he``, as in
 ``benchmarks/classes.py``) with the default augmentation, a wide zoom range
 (``--scale-range 0.7 2.5``) and paler and darker stains (``--stain-scale 0.3 1.2``), predicts
-p2 with ``--tta`` and scores detection and the Ki67 index (``--arms`` picks variants). Runs are
+p2 with ``--tta`` and scores detection and the Ki67 index (``--arms`` picks variants). Part 3
+(``--test-gains``) darkens p2's stains at test time instead -- hematoxylin and DAB optical
+densities multiplied by fixed gains -- and predicts it with the stain strength arm. Runs are
 kept in ``runs/`` and reused. Writes ``benchmarks/results/ki67_shift.md``.
 """
 
@@ -34,7 +36,8 @@ from classes import (  # noqa: E402
     trained_steps,
 )
 from pointcell.baseline import hematoxylin, hematoxylin_watershed, nuclear_density  # noqa: E402
-from pointcell.io.images import read_image  # noqa: E402
+from pointcell.data import hed_jitter  # noqa: E402
+from pointcell.io.images import read_image, write_rgb_png  # noqa: E402
 from pointcell.io.points import read_points  # noqa: E402
 
 DATA = SHARED / "shidc_ki67"
@@ -47,6 +50,8 @@ ARMS = {
     "zoom": ("classes-shidc-zoom", ("--scale-range", "0.7", "2.5"), "zoom 0.7-2.5"),
     "pale": ("classes-shidc-pale", ("--stain-scale", "0.3", "1.2"), "stain strength 0.3-1.2"),
 }
+# test-time (hematoxylin, DAB) optical density gains on p2, predicted with the "pale" arm
+TEST_GAINS = ((2.0, 1.0), (3.0, 1.0), (2.0, 2.0))
 
 
 def patient(stem: str) -> str:
@@ -126,50 +131,108 @@ def per_image(out: Path) -> dict[str, tuple[float, float]]:
     }
 
 
+def stain_gained_copies(paths: list[Path], gains: tuple[float, float], folder: Path) -> list[Path]:
+    """PNG copies of the images with hematoxylin and DAB densities multiplied by ``gains``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    alpha = np.array([[gains[0], 1.0, gains[1]]], np.float32)
+    copies = []
+    for path in paths:
+        pixels = hed_jitter(read_image(path).pixels[None], alpha, np.zeros_like(alpha))[0]
+        copies.append(folder / f"{path.stem}.png")
+        write_rgb_png(copies[-1], pixels)
+    return copies
+
+
+def score_row(label: str, scores: dict, indices: dict[str, tuple[float, float]]) -> str:
+    close = sum(abs(pred - true) <= 5 for true, pred in indices.values())
+    fc = scores["class_fc"]
+    return (
+        f"| {label} | {scores['det_precision']:.3f} | {scores['det_recall']:.3f} "
+        f"| {scores['det_f1']:.3f} | {fc['positive']:.3f} | {fc['negative']:.3f} "
+        f"| {scores['positive_percent_mae']:.1f} | {scores['positive_percent_max_error']:.1f} "
+        f"| {close} of {len(indices)} |"
+    )
+
+
+def index_table(indices: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    """True and predicted Ki67 index per image, one column per variant."""
+    images = sorted(next(iter(indices.values())))
+    lines = [
+        "| image | true index (%) | " + " | ".join(indices) + " |",
+        "|---|---|" + "---|" * len(indices),
+    ]
+    for image in images:
+        true = next(iter(indices.values()))[image][0]
+        lines.append(
+            f"| {image} | {true:.1f} | "
+            + " | ".join(f"{v[image][1]:.1f}" for v in indices.values())
+            + " |"
+        )
+    return lines
+
+
+TABLE_HEAD = [
+    "| variant | det P | det R | det F1 | F_c positive | F_c negative | index MAE (points) "
+    "| index max error | images within 5 points |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument(
         "--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS), help="training variants"
     )
+    parser.add_argument(
+        "--test-gains", action="store_true", help="part 3: stains darkened at test time"
+    )
     args = parser.parse_args()
     start = time.time()
     audit_lines = audit()
     split = shidc_patient_split(DATA / "images")
     test = [DATA / "images" / f"{s}.jpg" for s in split["test"]]
+    images, points = DATA / "images", DATA / "points"
     rows, indices = [], {}
     for arm in args.arms:
         name, extra, label = ARMS[arm]
-        images, points = DATA / "images", DATA / "points"
         run = train(name, images, points, KI67_MPP, split, args.steps, extra=extra)
         out = RUNS / f"{name}-pred"
-        scores = predict_and_evaluate(run, test, DATA / "points", KI67_MPP, out)
+        scores = predict_and_evaluate(run, test, points, KI67_MPP, out)
         label = f"{label}, {trained_steps(run)[0]} steps"
         indices[label] = per_image(out)
-        close = sum(abs(pred - true) <= 5 for true, pred in indices[label].values())
-        rows.append(
-            f"| {label} | {scores['det_precision']:.3f} | {scores['det_recall']:.3f} "
-            f"| {scores['det_f1']:.3f} | {scores['positive_percent_mae']:.1f} "
-            f"| {scores['positive_percent_max_error']:.1f} | {close} of {len(indices[label])} |"
-        )
-    images = sorted(next(iter(indices.values())))
-    index_lines = [
-        "| image | true index (%) | " + " | ".join(indices) + " |",
-        "|---|---|" + "---|" * len(indices),
-    ]
-    for image in images:
-        true = next(iter(indices.values()))[image][0]
-        index_lines.append(
-            f"| {image} | {true:.1f} | "
-            + " | ".join(f"{v[image][1]:.1f}" for v in indices.values())
-            + " |"
-        )
+        rows.append(score_row(label, scores, indices[label]))
+    gain_lines = []
+    if args.test_gains:
+        name, extra, label = ARMS["pale"]
+        run = train(name, images, points, KI67_MPP, split, args.steps, extra=extra)
+        gain_rows, gain_indices = [], {}
+        for gains in ((1.0, 1.0), *TEST_GAINS):
+            tag = f"gain-h{gains[0]:g}-dab{gains[1]:g}"
+            copies = stain_gained_copies(test, gains, RUNS / f"ki67-shift-{tag}-images")
+            out = RUNS / f"{name}-{tag}-pred"
+            scores = predict_and_evaluate(run, copies, points, KI67_MPP, out)
+            gain_label = f"hematoxylin x{gains[0]:g}, DAB x{gains[1]:g}"
+            gain_indices[gain_label] = per_image(out)
+            gain_rows.append(score_row(gain_label, scores, gain_indices[gain_label]))
+        gain_lines = [
+            "## Stains darkened at test time (p2, model: stain strength arm)",
+            "",
+            "The p2 tiles' hematoxylin and DAB optical densities multiplied by fixed gains "
+            "(colour deconvolution, as in training's stain augmentation) before prediction.",
+            "",
+            *TABLE_HEAD,
+            *gain_rows,
+            "",
+            *index_table(gain_indices),
+            "",
+        ]
     text = "\n".join(
         [
             "# Ki67 across patients: SHIDC p1 → p2",
             "",
             f"{provenance()}. Command: `python benchmarks/ki67_shift.py --steps {args.steps} "
-            f"--arms {' '.join(args.arms)}` "
+            f"--arms {' '.join(args.arms)}{' --test-gains' if args.test_gains else ''}` "
             f"({(time.time() - start) / 60:.0f} min; finished runs reused). 0.25 µm/px assumed.",
             "",
             "## The two patients (no model)",
@@ -182,13 +245,12 @@ def main() -> None:
             "disks around typed clicks; prediction with `--tta`, cells at nucleus centroids; "
             "detection matched within 3 µm; index = positive / (positive + negative).",
             "",
-            "| training | det P | det R | det F1 | index MAE (points) | index max error "
-            "| images within 5 points |",
-            "|---|---|---|---|---|---|---|",
+            *TABLE_HEAD,
             *rows,
             "",
-            *index_lines,
+            *index_table(indices),
             "",
+            *gain_lines,
         ]
     )
     print(text)

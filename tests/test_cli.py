@@ -305,3 +305,23 @@ def test_predict_tta_and_centroid_centres(sample, tmp_path):
     # centroids are means of pixel positions: most are not on the pixel grid as peaks are
     assert np.mean(centroids != np.rint(centroids)) > 0.5
     assert (peaks == np.rint(peaks)).all()
+
+
+def test_predict_counts_cells_in_regions_of_interest(sample, small_checkpoint, tmp_path):
+    images = sorted((sample / "images").iterdir())
+    rois = tmp_path / "rois"
+    rois.mkdir()
+    for image in images:
+        square = [[0, 0], [128, 0], [128, 128], [0, 128], [0, 0]]
+        feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}}
+        (rois / f"{image.stem}.geojson").write_text(json.dumps([feature]))
+    args = ["predict", "--model", str(small_checkpoint), "--images", str(sample / "images")]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out"), "--roi", str(rois)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("region of interest 0.0010 mm²") == 2
+    wrong = CliRunner().invoke(
+        main,
+        [*args, "--out", str(tmp_path / "x"), "--roi", str(rois / f"{images[0].stem}.geojson")],
+    )
+    assert wrong.exit_code != 0 and "one file for 2 images" in wrong.output
+    assert not (tmp_path / "x").exists()  # refused before any work

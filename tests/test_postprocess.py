@@ -1,9 +1,13 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import shapely
 from scipy import ndimage
 
 from pointcell.postprocess import (
     PostprocessParams,
+    cells_within,
     detect,
     instance_centroids,
     instances,
@@ -147,3 +151,27 @@ def test_a_centroid_outside_its_nucleus_gives_way_to_the_peak():
 def test_bad_centre_method():
     with pytest.raises(ValueError, match="centroid"):
         PostprocessParams(centre="middle")
+
+
+def test_cells_within_a_region_keep_their_whole_nucleus_and_class():
+    prob = blobs([(20, 20), (20, 60), (45, 40)])
+    cells = postprocess(prob, mpp=0.5, params=PostprocessParams(min_area_um2=0))
+    cells = replace(
+        cells,
+        class_index=np.arange(3, dtype=np.int32),
+        class_probability=np.array([0.5, 0.6, 0.7], np.float32),
+    )
+    # a region over the left part: its edge at x = 23 cuts the first nucleus off-centre
+    region = shapely.box(0, 0, 23, 60)
+    kept = cells_within(cells, region)
+    row = np.argmin(cells.xy[:, 0])
+    first = cells.instance[row]
+    assert len(kept.xy) == 1 and kept.instance.tolist() == [first]
+    np.testing.assert_allclose(kept.xy, [[20, 20]], atol=0.5)
+    assert kept.class_index.tolist() == [row]
+    assert kept.class_probability.tolist() == [cells.class_probability[row]]
+    assert set(np.unique(kept.labels).tolist()) == {0, first}
+    assert ((kept.labels == first) == (cells.labels == first)).all()  # whole, past the edge
+    assert (cells.labels == first)[:, 24:].any()
+    nothing = cells_within(cells, shapely.box(70, 0, 80, 10))
+    assert len(nothing.xy) == 0 and nothing.labels.max() == 0

@@ -3,11 +3,13 @@ import json
 
 import numpy as np
 import pytest
+import shapely
 import tifffile
+from PIL import Image
 
 from pointcell.errors import PointcellInputError
 from pointcell.inference import load_predictor
-from pointcell.predict import list_images, predict_images
+from pointcell.predict import list_images, predict_images, region_mask
 
 
 def test_predict_writes_every_output(sample, small_checkpoint, tmp_path):
@@ -50,3 +52,38 @@ def test_list_images_errors(tmp_path):
     (tmp_path / "x.tif").write_bytes(b"")
     with pytest.raises(PointcellInputError, match="share the name 'x'"):
         list_images([tmp_path / "a", tmp_path / "x.tif"])
+
+
+def read_centres(path):
+    with open(path, newline="") as handle:
+        return {(float(r["x"]), float(r["y"])) for r in csv.DictReader(handle)}
+
+
+def test_a_region_of_interest_keeps_only_the_cells_inside(sample, small_checkpoint, tmp_path):
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    image = sorted((sample / "images").iterdir())[0]
+    (everywhere,) = predict_images(predictor, [image], tmp_path / "all", progress=False)
+    region = shapely.box(0, 0, 128, 256)  # the left half of the 256-px image
+    (inside,) = predict_images(
+        predictor, [image], tmp_path / "roi", rois={image: region}, progress=False
+    )
+    all_centres = read_centres(tmp_path / "all" / f"{image.stem}.csv")
+    kept = read_centres(tmp_path / "roi" / f"{image.stem}.csv")
+    assert kept == {(x, y) for x, y in all_centres if x <= 128} and 0 < len(kept) < len(all_centres)
+    assert inside.n_cells == len(kept) and everywhere.roi_area_um2 is None
+    assert inside.roi_area_um2 == pytest.approx(128 * 256 * 0.25**2)
+    labels = tifffile.imread(tmp_path / "roi" / f"{image.stem}.tif")
+    assert len(np.unique(labels)) - 1 == len(kept) and not labels[:, 160:].any()
+    overlay = np.asarray(Image.open(tmp_path / "roi" / f"{image.stem}_overlay.png"))
+    edge = (overlay == (255, 230, 0)).all(axis=-1)
+    assert edge[:, 126:130].any(axis=1).sum() > 200 and not edge[:, 140:].any()
+    record = json.loads((tmp_path / "roi" / "predictions.json").read_text())
+    assert record["images"][image.stem]["roi_area_um2"] == pytest.approx(2048.0)
+
+
+def test_region_mask_fills_polygons_and_leaves_their_holes():
+    ring = shapely.box(2, 2, 8, 8).difference(shapely.box(4, 4, 6, 6))
+    far = shapely.box(12, 0, 30, 3)  # runs past the image edge
+    mask = region_mask(shapely.union_all([ring, far]), (10, 16))
+    assert mask[3, 3] and not mask[5, 5] and not mask[0, 0]
+    assert mask[1, 13:].all() and not mask[5:, 12:].any()

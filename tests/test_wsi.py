@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import shapely
 import torch
 
 from pointcell.errors import PointcellInputError
@@ -18,6 +19,7 @@ from pointcell.wsi import (
     dask_client,
     plan_tiles,
     predict_slide,
+    tiles_touching,
     tissue_mask,
 )
 
@@ -192,6 +194,30 @@ def test_mostly_empty_slide_reads_only_its_tissue(tmp_path):
     assert summary.tissue_fraction < 0.02
 
 
+def test_region_of_interest_reads_only_its_tiles_and_keeps_only_its_cells(tmp_path):
+    slide = disk_slide(tmp_path / "disks.tif")
+    everywhere = predict_darkness(slide, tmp_path / "all")
+    # level-0 region around three nuclei (128, 128), (258, 130), (200, 200); its edge crosses
+    # the nucleus at (258, 130), whose centre is inside
+    roi = shapely.box(100, 100, 265, 230)
+    summary = predict_darkness(slide, tmp_path / "roi", roi=roi)
+    cells = read_cells(tmp_path / "roi" / "disks.csv")
+    found = sorted((round(float(c["x"])), round(float(c["y"]))) for c in cells)
+    assert found == [(128, 128), (200, 200), (258, 130)]
+    np.testing.assert_allclose([float(c["area_px"]) for c in cells], np.pi * RADIUS**2, rtol=0.15)
+    assert summary.n_tissue_tiles == 3 * 2 < everywhere.n_tissue_tiles  # 128-px cores overlapped
+    assert summary.roi_area_um2 == pytest.approx(165 * 130 * 0.25**2)
+    assert everywhere.roi_area_um2 is None
+
+
+def test_tiles_touching_a_region_share_area_with_it():
+    tasks, _ = plan_tiles((400, 300), 100.0)
+    kept = tiles_touching(tasks, shapely.box(150, 50, 200, 150))  # edge on x = 200
+    assert [t.index for t in kept] == [1, 5]
+    ring = shapely.box(0, 0, 400, 300).difference(shapely.box(10, 10, 390, 290))
+    assert len(tiles_touching(tasks, ring)) == 10  # a frame misses the 2 inner tiles
+
+
 class Boom(RuntimeError):
     pass
 
@@ -231,6 +257,10 @@ def test_killed_job_resumes_where_it_stopped(tmp_path, monkeypatch):
     with pytest.raises(PointcellInputError, match="postprocess"):
         changed = PostprocessParams(min_area_um2=9)
         predict_slide(slide, tmp_path / "out", resume=True, params=changed, **options)
+    with pytest.raises(PointcellInputError, match="roi"):
+        predict_slide(
+            slide, tmp_path / "out", resume=True, roi=shapely.box(0, 0, 99, 99), **options
+        )
     calls["n"] = -1000  # no more failures
     summary = predict_slide(slide, tmp_path / "out", resume=True, **options)
     assert calls["n"] == -1000 + summary.n_tissue_tiles - done  # only the missing tiles ran

@@ -446,6 +446,13 @@ def train(
 @click.option("--save-probability", is_flag=True, help="Also write the probability map.")
 @click.option("--overlay/--no-overlay", default=True, show_default=True)
 @click.option(
+    "--roi",
+    type=click.Path(exists=True, path_type=Path),
+    help="Region of interest (e.g. a Ki67 hotspot): a QuPath GeoJSON or Aperio XML of "
+    "outlines for one image, or a folder with <stem>.geojson or <stem>.xml per image. Only the "
+    "cells whose centre lies inside are kept and counted.",
+)
+@click.option(
     "--slide-tile",
     type=click.IntRange(min=64),
     default=1024,
@@ -494,6 +501,7 @@ def predict(
     batch_size: int,
     save_probability: bool,
     overlay: bool,
+    roi: Path | None,
     slide_tile: int,
     slide_reader: str,
     gzip_geojson: bool,
@@ -513,6 +521,7 @@ def predict(
     from dataclasses import asdict, replace
 
     from pointcell.inference import load_predictor
+    from pointcell.io.roi import roi_for_images
     from pointcell.io.slides import is_whole_slide
     from pointcell.predict import list_images, predict_images, write_summary
     from pointcell.wsi import SlideSettings, predict_slides
@@ -526,6 +535,7 @@ def predict(
     paths = list_images(list(images))
     slides = [p for p in paths if is_whole_slide(p)]
     plain = [p for p in paths if p not in slides]
+    rois = roi_for_images(roi, paths) if roi else {}
     predictor = load_predictor(model_path, device=device, precision=precision)
     changes = {
         "instances": instances,
@@ -548,6 +558,7 @@ def predict(
             tta=tta,
             save_probability=save_probability,
             overlay=overlay,
+            rois=rois,
         )
         width = max(len(s.stem) for s in summaries)
         click.echo(f"{'image':<{width}}  cells  model s  post s")
@@ -557,6 +568,12 @@ def predict(
             )
         click.echo(f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s)")
         for s in summaries:
+            if s.roi_area_um2 is not None:
+                density = s.n_cells / (s.roi_area_um2 / 1e6)
+                click.echo(
+                    f"{s.stem}: region of interest {s.roi_area_um2 / 1e6:.4f} mm², "
+                    f"{density:.0f} cells/mm²"
+                )
             if s.class_counts:
                 counts = ", ".join(f"{k} {v}" for k, v in s.class_counts.items())
                 line = f"{s.stem}: {counts}"
@@ -589,6 +606,7 @@ def predict(
             labels_zarr=labels_zarr,
             resume=resume,
             overwrite=overwrite,
+            rois=rois,
         )
         write_summary(out, predictor.source, {"slides": asdict(settings)}, slide_summaries)
         width = max(len(s.stem) for s in slide_summaries)

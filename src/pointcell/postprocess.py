@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
+import shapely
 from scipy import ndimage
+from shapely.geometry.base import BaseGeometry
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
@@ -205,4 +207,25 @@ def classify(cells: Cells, class_maps: np.ndarray, *, mpp: float) -> Cells:
         cells,
         class_index=index,
         class_probability=sampled[index, np.arange(len(index))].astype(np.float32),
+    )
+
+
+def cells_within(cells: Cells, region: BaseGeometry) -> Cells:
+    """Only the cells whose centre lies in ``region`` (a shapely geometry in pixels), and in the
+    labels only their nuclei: a nucleus the outline cuts through is kept or dropped whole, by
+    its centre, as QuPath counts the detections of an annotation."""
+    inside = shapely.intersects_xy(region, cells.xy[:, 0], cells.xy[:, 1])
+    kept_label = np.zeros(int(cells.labels.max()) + 1, dtype=bool)
+    kept_label[cells.instance[inside]] = True
+    kept_label[0] = False
+    return replace(
+        cells,
+        labels=np.where(kept_label[cells.labels], cells.labels, 0).astype(cells.labels.dtype),
+        xy=cells.xy[inside],
+        score=cells.score[inside],
+        instance=cells.instance[inside],
+        class_index=None if cells.class_index is None else cells.class_index[inside],
+        class_probability=(
+            None if cells.class_probability is None else cells.class_probability[inside]
+        ),
     )

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from shapely.geometry.base import BaseGeometry
+from skimage.draw import polygon as fill_polygon
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
@@ -28,7 +30,7 @@ from pointcell.io.images import (
 from pointcell.io.slides import SLIDE_SUFFIXES, slide_stem
 from pointcell.metrics import positive_percentage, proportion_ci
 from pointcell.overlay import draw_points
-from pointcell.postprocess import Cells, PostprocessParams, classify, postprocess
+from pointcell.postprocess import Cells, PostprocessParams, cells_within, classify, postprocess
 
 SUMMARY_FILE = "predictions.json"
 INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
@@ -45,6 +47,7 @@ class PredictionSummary:
     class_counts: dict[str, int] = field(default_factory=dict)
     positive_percent: float | None = None  # positive / (positive + negative), in %
     positive_ci: tuple[float, float] | None = None  # its 95% Wilson interval
+    roi_area_um2: float | None = None  # area of the region of interest the cells were kept in
 
 
 def list_images(locations: list[str | os.PathLike[str]]) -> list[Path]:
@@ -74,12 +77,27 @@ def list_images(locations: list[str | os.PathLike[str]]) -> list[Path]:
     return found
 
 
-def cells_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """The image with instance outlines in green and detected centres in red."""
+def cells_overlay(
+    image: np.ndarray, labels: np.ndarray, xy: np.ndarray, roi: BaseGeometry | None = None
+) -> np.ndarray:
+    """The image with instance outlines in green, detected centres in red and the outline of
+    the region of interest in yellow."""
     out = image.copy()
     out[find_boundaries(labels, mode="inner")] = (60, 255, 60)
     draw_points(out, xy, radius=2)
+    if roi is not None:
+        out[find_boundaries(region_mask(roi, out.shape[:2]), mode="inner")] = (255, 230, 0)
     return out
+
+
+def region_mask(roi: BaseGeometry, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels whose centre lies in a (Multi)Polygon region, holes left out."""
+    mask = np.zeros(shape, dtype=bool)
+    for polygon in getattr(roi, "geoms", [roi]):
+        mask[fill_polygon(*np.asarray(polygon.exterior.coords)[:, ::-1].T, shape)] = True
+        for hole in polygon.interiors:
+            mask[fill_polygon(*np.asarray(hole.coords)[:, ::-1].T, shape)] = False
+    return mask
 
 
 def write_prediction(
@@ -92,16 +110,18 @@ def write_prediction(
     probability: np.ndarray | None = None,
     overlay: bool = True,
     classes: tuple[str, ...] = (),
+    roi: BaseGeometry | None = None,
 ) -> None:
     """Write the outputs of one image: labels TIFF, cells CSV and GeoJSON, optional
-    probability map and overlay."""
+    probability map and overlay (with the region of interest, when given)."""
     write_label_tiff(out / f"{stem}.tif", cells.labels)
     write_cells_csv(out / f"{stem}.csv", cells, mpp=mpp, classes=classes)
     write_cells_geojson(out / f"{stem}.geojson", cells, mpp=mpp, classes=classes)
     if probability is not None:
         write_float_tiff(out / f"{stem}_probability.tif", probability)
     if overlay:
-        write_rgb_png(out / f"{stem}_overlay.png", cells_overlay(image, cells.labels, cells.xy))
+        drawn = cells_overlay(image, cells.labels, cells.xy, roi)
+        write_rgb_png(out / f"{stem}_overlay.png", drawn)
 
 
 def class_summary(names: list[str]) -> dict[str, object]:
@@ -146,12 +166,15 @@ def predict_images(
     tta: bool = False,
     save_probability: bool = False,
     overlay: bool = True,
+    rois: dict[Path, BaseGeometry] | None = None,
     progress: bool = True,
 ) -> list[PredictionSummary]:
     """Predict every image and write ``out/<stem>.tif`` (instance labels, input size),
     ``<stem>.csv`` and ``<stem>.geojson`` (cells), optionally ``<stem>_probability.tif`` and
     ``<stem>_overlay.png``, and ``predictions.json`` (pixel sizes and timings). ``tta``:
-    average the network over the 8 symmetries of the square (8 times slower)."""
+    average the network over the 8 symmetries of the square (8 times slower). ``rois``: a
+    region of interest per image path (see :func:`pointcell.io.roi.roi_for_images`); only the
+    cells whose centre lies in it are kept, counted and written."""
     out = Path(out)
     params = params or predictor.postprocess
     paths = list_images(images)
@@ -174,6 +197,9 @@ def predict_images(
         cells = postprocess(maps[0], mpp=pixel_size, params=params)
         if predictor.classes:
             cells = classify(cells, maps[1:], mpp=pixel_size)
+        roi = (rois or {}).get(path)
+        if roi is not None:
+            cells = cells_within(cells, roi)
         done = time.perf_counter()
         stem = slide_stem(path)
         write_prediction(
@@ -185,6 +211,7 @@ def predict_images(
             probability=maps[0] if save_probability else None,
             overlay=overlay,
             classes=predictor.classes,
+            roi=roi,
         )
         summaries.append(
             PredictionSummary(
@@ -195,6 +222,7 @@ def predict_images(
                 done - modelled,
                 loaded.pixels.shape[0] * loaded.pixels.shape[1] / 1e6,
                 **class_summary(cell_class_names(cells, predictor.classes) or []),
+                roi_area_um2=None if roi is None else roi.area * pixel_size**2,
             )
         )
     record = {

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import functools
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -31,8 +32,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import shapely
 import torch
 from scipy import ndimage
+from shapely.geometry.base import BaseGeometry
 from skimage.draw import polygon as fill_polygon
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
@@ -101,6 +104,7 @@ class SlideJob:
     settings: SlideSettings
     parts: str
     torch_threads: int | None = None
+    roi: BaseGeometry | None = None  # level-0 region whose cells are kept
 
 
 @dataclass
@@ -131,6 +135,7 @@ class SlideSummary:
     tissue_fraction: float
     wall_s: float
     times: dict[str, float] = field(default_factory=dict)
+    roi_area_um2: float | None = None  # area of the region of interest, when one was given
 
 
 # ---------------------------------------------------------------- tissue and tiles
@@ -189,6 +194,16 @@ def plan_tiles(
     return tasks, n_rows * n_cols
 
 
+def tiles_touching(tasks: list[TileTask], roi: BaseGeometry) -> list[TileTask]:
+    """The tiles whose core shares some area with a level-0 region."""
+    if not tasks:
+        return tasks
+    corners = np.array([(t.x0, t.y0, t.x1, t.y1) for t in tasks])
+    cores = shapely.box(corners[:, 0], corners[:, 1], corners[:, 2], corners[:, 3])
+    overlap = shapely.area(shapely.intersection(cores, roi)) > 0
+    return [task for task, keep in zip(tasks, overlap, strict=True) if keep]
+
+
 # ---------------------------------------------------------------- one tile
 
 
@@ -237,9 +252,10 @@ def owned_cells(
     level0_mpp: float,
     params: PostprocessParams,
     classes: tuple[str, ...] = (),
+    roi: BaseGeometry | None = None,
 ) -> list[list]:
     """Post-process one region's maps (nucleus, then class probabilities) and keep the nuclei
-    whose centroid lies in the task's core.
+    whose centroid lies in the task's core (and in ``roi``, a level-0 region, when given).
 
     Each cell is ``[x, y, area_px, area_um2, score, outline, class, class_probability]`` in
     level-0 pixels, the outline a list of (x, y) vertices, the class "" without classes.
@@ -266,6 +282,8 @@ def owned_cells(
         & (centres0[:, 1] >= task.y0)
         & (centres0[:, 1] < task.y1)
     )
+    if roi is not None:
+        owned &= shapely.intersects_xy(roi, centres0[:, 0], centres0[:, 1])
     owned[0] = False
     score = np.zeros(n + 1, dtype=np.float32)
     np.maximum.at(score, cells.instance, cells.score)
@@ -346,6 +364,7 @@ def process_tiles(
             level0_mpp=slide.mpp,
             params=job.params,
             classes=predictor.classes,
+            roi=job.roi,
         )
         posted = time.perf_counter()
         with atomic_output(part_path(parts, task.index)) as tmp:
@@ -561,6 +580,7 @@ def _manifest(job: SlideJob, slide: Slide, n_tasks: int) -> dict:
         "postprocess": job.params.to_dict(),
         "settings": asdict(job.settings),
         "tissue_tiles": n_tasks,
+        "roi": None if job.roi is None else hashlib.sha1(shapely.to_wkb(job.roi)).hexdigest(),
     }
 
 
@@ -610,11 +630,13 @@ def predict_slide(
     labels_zarr: bool = False,
     group_size: int = 4,
     torch_threads: int | None = None,
+    roi: BaseGeometry | None = None,
     progress: bool = True,
 ) -> SlideSummary:
     """Detect and segment the nuclei of a whole slide; write ``out/<stem>.csv`` and
     ``out/<stem>.geojson[.gz]`` (level-0 pixel coordinates), and with ``labels_zarr`` the
-    instance labels as ``out/<stem>.labels.zarr``.
+    instance labels as ``out/<stem>.labels.zarr``. With ``roi`` (a level-0 region), only the
+    tiles that touch it are read and only the cells whose centroid lies in it are kept.
 
     ``model`` names the checkpoint (loaded here, or by each worker of a Dask ``client``);
     ``predictor`` may pass one already loaded for in-process runs.
@@ -638,6 +660,8 @@ def predict_slide(
         tissue = tissue_mask(thumb, pixel_um=slide.mpp * downsample, min_od=settings.tissue_min_od)
         tile_level0 = settings.tile * working_mpp / slide.mpp
         tasks, n_tiles = plan_tiles(slide.dimensions, tile_level0, tissue, downsample)
+        if roi is not None:
+            tasks = tiles_touching(tasks, roi)
         table, geojson, parts = slide_outputs(out, stem, gzip_geojson=gzip_geojson)
         labels_path = out / f"{stem}.labels.zarr" if labels_zarr else None
         job = SlideJob(
@@ -651,6 +675,7 @@ def predict_slide(
             settings=settings,
             parts=str(parts),
             torch_threads=torch_threads,
+            roi=roi,
         )
         _prepare_parts(
             parts,
@@ -693,6 +718,7 @@ def predict_slide(
         tissue_fraction=float(tissue.mean()),
         wall_s=time.perf_counter() - start,
         times=asdict(times),
+        roi_area_um2=None if roi is None else roi.area * slide.mpp**2,
     )
 
 
@@ -785,14 +811,28 @@ def predict_slides(
     cluster: str | None = None,
     workers: int | None = None,
     worker_threads: int | None = None,
+    rois: dict[Path, BaseGeometry] | None = None,
     **options: object,
 ) -> list[SlideSummary]:
     """:func:`predict_slide` for several slides: in this process, or on a Dask cluster (a
-    scheduler ``cluster`` address, or ``workers`` local processes) shared by all of them."""
+    scheduler ``cluster`` address, or ``workers`` local processes) shared by all of them.
+    ``rois``: a level-0 region per slide (see :func:`pointcell.io.roi.roi_for_images`)."""
+    rois = rois or {}
     if cluster is None and not workers:
-        return [predict_slide(path, out, model=model, **options) for path in slides]  # type: ignore[arg-type]
+        return [
+            predict_slide(path, out, model=model, roi=rois.get(path), **options)  # type: ignore[arg-type]
+            for path in slides
+        ]
     with dask_client(cluster, workers=workers, torch_threads=worker_threads) as (client, threads):
         return [
-            predict_slide(path, out, model=model, client=client, torch_threads=threads, **options)  # type: ignore[arg-type]
+            predict_slide(
+                path,
+                out,
+                model=model,
+                client=client,
+                torch_threads=threads,
+                roi=rois.get(path),
+                **options,  # type: ignore[arg-type]
+            )
             for path in slides
         ]

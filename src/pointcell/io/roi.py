@@ -1,0 +1,116 @@
+"""Regions of interest: the area a pathologist scores (a Ki67 hotspot, the tumour), drawn in
+QuPath or ImageScope. Cells are counted only inside it.
+
+Read from GeoJSON (QuPath "Export objects as GeoJSON": (Multi)Polygon features, holes kept) or
+Aperio XML (regions; those marked ``NegativeROA="1"`` are cut out). Coordinates are pixels of
+the image as stored (level 0 for slides), ``x`` = column, ``y`` = row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from pointcell.errors import PointcellInputError
+from pointcell.io.slides import slide_stem
+
+ROI_SUFFIXES = (".geojson", ".json", ".xml")
+
+
+def read_roi(path: str | os.PathLike[str]) -> BaseGeometry:
+    """The union of the polygons of an annotation file, as one (Multi)Polygon."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in ROI_SUFFIXES:
+        raise PointcellInputError(f"{path}: regions are read from .geojson or Aperio .xml")
+    if not path.is_file():
+        raise PointcellInputError(f"{path}: no such region file")
+    region = _read_xml(path) if suffix == ".xml" else _read_geojson(path)
+    if region.is_empty or region.area == 0:
+        raise PointcellInputError(f"{path}: no polygon with an area (regions must be outlines)")
+    return region
+
+
+def _read_geojson(path: Path) -> BaseGeometry:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PointcellInputError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features") or []
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        features = [data]
+    elif isinstance(data, dict) and "coordinates" in data:
+        features = [{"geometry": data}]
+    elif isinstance(data, list):  # QuPath's older export: a bare list of features
+        features = data
+    else:
+        raise PointcellInputError(f"{path}: not a GeoJSON feature collection")
+    polygons = []
+    for index, feature in enumerate(features):
+        geometry = (feature or {}).get("geometry") or {}
+        if geometry.get("type") not in ("Polygon", "MultiPolygon"):
+            continue  # points and lines outline no area
+        try:
+            polygons.append(shapely.make_valid(shapely.geometry.shape(geometry)))
+        except (ValueError, TypeError, IndexError) as exc:
+            raise PointcellInputError(f"{path}: feature {index} is not a valid polygon") from exc
+    return _areas_of(shapely.union_all(polygons))
+
+
+def _read_xml(path: Path) -> BaseGeometry:
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise PointcellInputError(f"{path}: not valid XML ({exc})") from exc
+    kept, cut = [], []
+    for region in root.iter("Region"):
+        vertices = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+        if len(vertices) < 3:
+            continue
+        polygon = shapely.make_valid(shapely.Polygon(vertices))
+        (cut if region.get("NegativeROA") == "1" else kept).append(polygon)
+    return _areas_of(shapely.difference(shapely.union_all(kept), shapely.union_all(cut)))
+
+
+def _areas_of(geometry: BaseGeometry) -> BaseGeometry:
+    """Only the polygonal parts (make_valid may leave lines from degenerate rings)."""
+    parts = getattr(geometry, "geoms", [geometry])
+    return shapely.union_all([p for p in parts if p.geom_type in ("Polygon", "MultiPolygon")])
+
+
+def roi_for_images(roi: str | os.PathLike[str], images: list[Path]) -> dict[Path, BaseGeometry]:
+    """The region of every image: ``roi`` is one file (for a single image) or a folder holding
+    ``<stem>.geojson`` or ``<stem>.xml`` per image. An image without a region is an error: its
+    counts would silently cover the whole image."""
+    roi = Path(roi)
+    if roi.is_file():
+        if len(images) != 1:
+            raise PointcellInputError(
+                f"--roi {roi} is one file for {len(images)} images; give a folder with a "
+                "<image stem>.geojson (or .xml) per image"
+            )
+        return {images[0]: read_roi(roi)}
+    if not roi.is_dir():
+        raise PointcellInputError(f"{roi}: no such region file or folder")
+    regions, missing = {}, []
+    for image in images:
+        found = [roi / f"{slide_stem(image)}{suffix}" for suffix in ROI_SUFFIXES]
+        found = [p for p in found if p.is_file()]
+        if len(found) > 1:
+            raise PointcellInputError(f"several regions for {image.name}: {found[0]}, {found[1]}")
+        if found:
+            regions[image] = read_roi(found[0])
+        else:
+            missing.append(slide_stem(image))
+    if missing:
+        raise PointcellInputError(
+            f"no region in {roi} for {len(missing)} image(s): {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} (expected <stem>.geojson or <stem>.xml)"
+        )
+    return regions
