@@ -19,6 +19,7 @@ from pointcell.wsi import (
     dask_client,
     plan_tiles,
     predict_slide,
+    predict_slides,
     tiles_touching,
     tissue_mask,
 )
@@ -200,7 +201,15 @@ def test_region_of_interest_reads_only_its_tiles_and_keeps_only_its_cells(tmp_pa
     # level-0 region around three nuclei (128, 128), (258, 130), (200, 200); its edge crosses
     # the nucleus at (258, 130), whose centre is inside
     roi = shapely.box(100, 100, 265, 230)
-    summary = predict_darkness(slide, tmp_path / "roi", roi=roi)
+    (summary,) = predict_slides(
+        [slide],
+        tmp_path / "roi",
+        model="darkness",
+        predictor=darkness_predictor(),
+        settings=SMALL_TILES,
+        progress=False,
+        rois={slide: roi},
+    )
     cells = read_cells(tmp_path / "roi" / "disks.csv")
     found = sorted((round(float(c["x"])), round(float(c["y"]))) for c in cells)
     assert found == [(128, 128), (200, 200), (258, 130)]
