@@ -7,7 +7,7 @@ import shapely
 import tifffile
 from PIL import Image
 
-from pointcell.errors import PointcellInputError
+from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import load_predictor
 from pointcell.predict import list_images, predict_images, region_mask
 
@@ -79,6 +79,15 @@ def test_a_region_of_interest_keeps_only_the_cells_inside(sample, small_checkpoi
     assert edge[:, 126:130].any(axis=1).sum() > 200 and not edge[:, 140:].any()
     record = json.loads((tmp_path / "roi" / "predictions.json").read_text())
     assert record["images"][image.stem]["roi_area_um2"] == pytest.approx(2048.0)
+    with pytest.warns(PointcellWarning, match="outside the image"):
+        (outside,) = predict_images(
+            predictor,
+            [image],
+            tmp_path / "x",
+            rois={image: shapely.box(300, 0, 400, 50)},
+            progress=False,
+        )
+    assert outside.n_cells == 0
 
 
 def test_region_mask_fills_polygons_and_leaves_their_holes():

@@ -8,7 +8,7 @@ import pytest
 import shapely
 import torch
 
-from pointcell.errors import PointcellInputError
+from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import Predictor
 from pointcell.io.images import read_image
 from pointcell.io.points import read_points
@@ -217,6 +217,9 @@ def test_region_of_interest_reads_only_its_tiles_and_keeps_only_its_cells(tmp_pa
     assert summary.n_tissue_tiles == 3 * 2 < everywhere.n_tissue_tiles  # 128-px cores overlapped
     assert summary.roi_area_um2 == pytest.approx(165 * 130 * 0.25**2)
     assert everywhere.roi_area_um2 is None
+    with pytest.warns(PointcellWarning, match="covers no tissue"):
+        elsewhere = predict_darkness(slide, tmp_path / "none", roi=shapely.box(5000, 0, 6000, 99))
+    assert elsewhere.n_cells == 0 and read_cells(tmp_path / "none" / "disks.csv") == []
 
 
 def test_tiles_touching_a_region_share_area_with_it():

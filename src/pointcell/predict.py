@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import shapely
 from shapely.geometry.base import BaseGeometry
 from skimage.draw import polygon as fill_polygon
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
-from pointcell.errors import PointcellInputError
+from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import Predictor, predict_image_maps
 from pointcell.io.atomic import atomic_output
 from pointcell.io.cells import cell_class_names, write_cells_csv, write_cells_geojson
@@ -199,6 +201,14 @@ def predict_images(
             cells = classify(cells, maps[1:], mpp=pixel_size)
         roi = (rois or {}).get(path)
         if roi is not None:
+            height, width = loaded.pixels.shape[:2]
+            if not roi.intersects(shapely.box(0, 0, width, height)):
+                warnings.warn(
+                    f"{path.name}: the region of interest lies outside the image "
+                    f"({width}x{height} px); no cells",
+                    PointcellWarning,
+                    stacklevel=2,
+                )
             cells = cells_within(cells, roi)
         done = time.perf_counter()
         stem = slide_stem(path)

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,7 @@ from skimage.morphology import disk
 from skimage.transform import resize
 from tqdm.auto import tqdm
 
-from pointcell.errors import PointcellInputError
+from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import Predictor, load_predictor, predict_maps
 from pointcell.io.atomic import atomic_output
 from pointcell.io.cells import detection_feature, instance_outlines
@@ -662,6 +663,13 @@ def predict_slide(
         tasks, n_tiles = plan_tiles(slide.dimensions, tile_level0, tissue, downsample)
         if roi is not None:
             tasks = tiles_touching(tasks, roi)
+            if not tasks:
+                warnings.warn(
+                    f"{slide_path.name}: the region of interest covers no tissue of the slide "
+                    "(are its coordinates level-0 pixels?); no cells",
+                    PointcellWarning,
+                    stacklevel=2,
+                )
         table, geojson, parts = slide_outputs(out, stem, gzip_geojson=gzip_geojson)
         labels_path = out / f"{stem}.labels.zarr" if labels_zarr else None
         job = SlideJob(
