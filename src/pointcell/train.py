@@ -2,7 +2,7 @@
 
 A run folder holds ``config.json`` (everything needed to reproduce the run), ``split.json``,
 ``metrics.csv`` (one row per validation), ``last.pt`` (written atomically every
-``checkpoint_every`` steps and on Ctrl-C) and ``best.pt`` (lowest validation loss). A batch
+``checkpoint_every`` steps and on Ctrl-C) and ``best.pt`` (highest validation detection F1). A batch
 depends only on the seed and the step number, so ``fit(..., resume=True)`` continues exactly
 where the run stopped: on CPU it ends with the same weights as an uninterrupted run.
 
