@@ -128,18 +128,29 @@ def _number(row: Sequence[str], index: int, column: str, path: Path, line: int) 
     return value
 
 
-def _read_geojson(path: Path) -> Points:
+def read_json(path: Path) -> object:
+    """A JSON file's content; a clear error when it is not JSON."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PointcellInputError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def geojson_features(data: object) -> list | None:
+    """The features of a GeoJSON FeatureCollection, a single Feature or QuPath's older
+    "export as array" list; None for anything else."""
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features", [])
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        features = [data]
-    elif isinstance(data, list):  # QuPath's older "export as array" form
-        features = data
-    else:
+        return data.get("features") or []
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        return [data]
+    if isinstance(data, list):
+        return data
+    return None
+
+
+def _read_geojson(path: Path) -> Points:
+    features = geojson_features(read_json(path))
+    if features is None:
         raise PointcellInputError(f"{path}: expected a GeoJSON FeatureCollection or Feature list")
     xy: list[tuple[float, float]] = []
     classes: list[str | None] = []
@@ -180,11 +191,16 @@ def _feature_class(feature: dict) -> str | None:
     return str(name) if name else None
 
 
-def _read_aperio_xml(path: Path) -> Points:
+def read_xml_root(path: Path) -> ET.Element:
+    """The root element of an XML file; a clear error when it is not XML."""
     try:
-        root = ET.parse(path).getroot()
+        return ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise PointcellInputError(f"{path}: not valid XML ({exc})") from exc
+
+
+def _read_aperio_xml(path: Path) -> Points:
+    root = read_xml_root(path)
     xy: list[tuple[float, float]] = []
     classes: list[str | None] = []
     for annotation in root.iter("Annotation"):
@@ -195,14 +211,20 @@ def _read_aperio_xml(path: Path) -> Points:
     return Points(np.array(xy, dtype=np.float64).reshape(-1, 2), tuple(classes))
 
 
-def _region_centroid(region: ET.Element, path: Path) -> tuple[float, float]:
-    where = f"{path}, Region Id={region.get('Id')!r}"
+def region_vertices(region: ET.Element, path: Path) -> np.ndarray:
+    """(N, 2) vertices (x, y) of an Aperio XML region."""
     try:
-        vertices = np.array([(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")])
+        xy = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
     except (TypeError, ValueError) as exc:
+        where = f"{path}, Region Id={region.get('Id')!r}"
         raise PointcellInputError(f"{where}: vertex without numeric X/Y ({exc})") from exc
+    return np.array(xy, dtype=np.float64).reshape(-1, 2)
+
+
+def _region_centroid(region: ET.Element, path: Path) -> tuple[float, float]:
+    vertices = region_vertices(region, path)
     if len(vertices) == 0:
-        raise PointcellInputError(f"{where}: region has no vertices")
+        raise PointcellInputError(f"{path}, Region Id={region.get('Id')!r}: region has no vertices")
     if len(vertices) >= 3:
         polygon = shapely.Polygon(vertices)
         if polygon.area > 0:

@@ -8,15 +8,14 @@ the image as stored (level 0 for slides), ``x`` = column, ``y`` = row.
 
 from __future__ import annotations
 
-import json
 import os
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import shapely
 from shapely.geometry.base import BaseGeometry
 
 from pointcell.errors import PointcellInputError
+from pointcell.io.points import geojson_features, read_json, read_xml_root, region_vertices
 from pointcell.io.slides import slide_stem
 
 ROI_SUFFIXES = (".geojson", ".json", ".xml")
@@ -37,19 +36,10 @@ def read_roi(path: str | os.PathLike[str]) -> BaseGeometry:
 
 
 def _read_geojson(path: Path) -> BaseGeometry:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PointcellInputError(f"{path}: not valid JSON ({exc})") from exc
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features") or []
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        features = [data]
-    elif isinstance(data, dict) and "coordinates" in data:
-        features = [{"geometry": data}]
-    elif isinstance(data, list):  # QuPath's older export: a bare list of features
-        features = data
-    else:
+    data = read_json(path)
+    bare_geometry = isinstance(data, dict) and "coordinates" in data
+    features = [{"geometry": data}] if bare_geometry else geojson_features(data)
+    if features is None:
         raise PointcellInputError(f"{path}: not a GeoJSON feature collection")
     polygons = []
     for index, feature in enumerate(features):
@@ -64,13 +54,9 @@ def _read_geojson(path: Path) -> BaseGeometry:
 
 
 def _read_xml(path: Path) -> BaseGeometry:
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise PointcellInputError(f"{path}: not valid XML ({exc})") from exc
     kept, cut = [], []
-    for region in root.iter("Region"):
-        vertices = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+    for region in read_xml_root(path).iter("Region"):
+        vertices = region_vertices(region, path)
         if len(vertices) < 3:
             continue
         polygon = shapely.make_valid(shapely.Polygon(vertices))
