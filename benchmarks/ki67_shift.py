@@ -202,16 +202,23 @@ def main() -> None:
     args = parser.parse_args()
     start = time.time()
     audit_lines = audit()
-    split = shidc_patient_split(DATA / "images")
-    test = [DATA / "images" / f"{s}.jpg" for s in split["test"]]
     images, points = DATA / "images", DATA / "points"
+    split = shidc_patient_split(images)
+    test = [images / f"{s}.jpg" for s in split["test"]]
     clicks = clicks_per_class(test)
+    scored: dict[Path, dict] = {}  # prediction folder -> scores, each predicted once
+
+    def score(run: Path, paths: list[Path], out: Path) -> dict:
+        if out not in scored:
+            scored[out] = predict_and_evaluate(run, paths, points, KI67_MPP, out)
+        return scored[out]
+
     rows, indices = [], {}
     for arm in args.arms:
         name, extra, label = ARMS[arm]
         run = train(name, images, points, KI67_MPP, split, args.steps, extra=extra)
         out = RUNS / f"{name}-pred"
-        scores = predict_and_evaluate(run, test, points, KI67_MPP, out)
+        scores = score(run, test, out)
         label = f"{label}, {trained_steps(run)[0]} steps"
         indices[label] = per_image(out)
         rows.append(score_row(label, scores, indices[label], clicks))
@@ -221,10 +228,13 @@ def main() -> None:
         run = train(name, images, points, KI67_MPP, split, args.steps, extra=extra)
         gain_rows, gain_indices = [], {}
         for gains in ((1.0, 1.0), *TEST_GAINS):
-            tag = f"gain-h{gains[0]:g}-dab{gains[1]:g}"
-            copies = stain_gained_copies(test, gains, RUNS / f"ki67-shift-{tag}-images")
-            out = RUNS / f"{name}-{tag}-pred"
-            scores = predict_and_evaluate(run, copies, points, KI67_MPP, out)
+            if gains == (1.0, 1.0):  # the unchanged tiles: part 2's prediction of this arm
+                paths, out = test, RUNS / f"{name}-pred"
+            else:
+                tag = f"gain-h{gains[0]:g}-dab{gains[1]:g}"
+                paths = stain_gained_copies(test, gains, RUNS / f"ki67-shift-{tag}-images")
+                out = RUNS / f"{name}-{tag}-pred"
+            scores = score(run, paths, out)
             gain_label = f"hematoxylin x{gains[0]:g}, DAB x{gains[1]:g}"
             gain_indices[gain_label] = per_image(out)
             gain_rows.append(score_row(gain_label, scores, gain_indices[gain_label], clicks))
