@@ -10,6 +10,7 @@ from pointcell.io.points import (
     instance_centroids,
     merge_duplicates,
     read_points,
+    read_polygons,
     write_points_csv,
     write_points_geojson,
 )
@@ -144,6 +145,45 @@ def test_aperio_xml_errors(tmp_path):
     bad += "</Vertices></Region></Regions></Annotation></Annotations>"
     with pytest.raises(PointcellInputError, match="Region Id='7'"):
         read_points(write(tmp_path / "b.xml", bad))
+
+
+def test_outlines_from_aperio_xml_skip_regions_without_an_area(tmp_path):
+    square = "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in [(0, 0), (4, 0), (4, 4), (0, 4)])
+    line = '<Vertex X="1" Y="1"/><Vertex X="2" Y="2"/>'
+    xml = "<Annotations><Annotation><Regions>"
+    xml += f"<Region Id='1'><Vertices>{square}</Vertices></Region>"
+    xml += f"<Region Id='2'><Vertices>{line}</Vertices></Region>"
+    xml += "</Regions></Annotation></Annotations>"
+    outlines = read_polygons(write(tmp_path / "a.xml", xml))
+    assert len(outlines) == 1
+    np.testing.assert_allclose(outlines[0], [[0, 0], [4, 0], [4, 4], [0, 4]])
+
+
+def test_outlines_from_geojson_keep_the_largest_part_and_skip_points(tmp_path):
+    small = [[[0, 0], [1, 0], [1, 1], [0, 0]]]
+    large = [[[10, 10], [20, 10], [20, 20], [10, 10]]]
+    features = [
+        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [small, large]}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]}},
+    ]
+    collection = {"type": "FeatureCollection", "features": features}
+    outlines = read_polygons(write(tmp_path / "a.geojson", json.dumps(collection)))
+    assert len(outlines) == 1
+    np.testing.assert_allclose(outlines[0], large[0])
+    single = read_polygons(write(tmp_path / "b.geojson", json.dumps(features[0])))
+    np.testing.assert_allclose(single[0], large[0])
+
+
+def test_outline_errors(tmp_path):
+    with pytest.raises(PointcellInputError, match="not valid JSON"):
+        read_polygons(write(tmp_path / "a.geojson", "{"))
+    with pytest.raises(PointcellInputError, match="expected a GeoJSON"):
+        read_polygons(write(tmp_path / "b.geojson", '{"type": "Point"}'))
+    with pytest.raises(PointcellInputError, match="vertex without numeric"):
+        bad = '<Annotations><Region><Vertex X="a" Y="1"/></Region></Annotations>'
+        read_polygons(write(tmp_path / "c.xml", bad))
+    with pytest.raises(PointcellInputError, match=".xml or .geojson only"):
+        read_polygons(write(tmp_path / "d.csv", "x,y\n"))
 
 
 def test_real_monuseg_xml_matches_mask_centroids(shared_monuseg):

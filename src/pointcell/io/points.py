@@ -366,19 +366,14 @@ def read_polygons(path: str | os.PathLike[str]) -> list[np.ndarray]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".xml":
-        try:
-            root = ET.parse(path).getroot()
-        except ET.ParseError as exc:
-            raise PointcellInputError(f"{path}: not valid XML ({exc})") from exc
-        outlines = []
-        for region in root.iter("Region"):
-            vertices = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
-            if len(vertices) >= 3:
-                outlines.append(np.array(vertices))
-        return outlines
+        regions = (region_vertices(r, path) for r in read_xml_root(path).iter("Region"))
+        return [vertices for vertices in regions if len(vertices) >= 3]
     if suffix in (".geojson", ".json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        features = data.get("features", []) if isinstance(data, dict) else data
+        features = geojson_features(read_json(path))
+        if features is None:
+            raise PointcellInputError(
+                f"{path}: expected a GeoJSON FeatureCollection or Feature list"
+            )
         outlines = []
         for feature in features:
             geometry = (feature or {}).get("geometry") or {}
