@@ -148,10 +148,16 @@ def geojson_features(data: object) -> list | None:
     return None
 
 
-def _read_geojson(path: Path) -> Points:
+def read_geojson_features(path: Path) -> list:
+    """The features of a GeoJSON file; a clear error when it holds none of the known shapes."""
     features = geojson_features(read_json(path))
     if features is None:
         raise PointcellInputError(f"{path}: expected a GeoJSON FeatureCollection or Feature list")
+    return features
+
+
+def _read_geojson(path: Path) -> Points:
+    features = read_geojson_features(path)
     xy: list[tuple[float, float]] = []
     classes: list[str | None] = []
     for index, feature in enumerate(features):
@@ -369,13 +375,8 @@ def read_polygons(path: str | os.PathLike[str]) -> list[np.ndarray]:
         regions = (region_vertices(r, path) for r in read_xml_root(path).iter("Region"))
         return [vertices for vertices in regions if len(vertices) >= 3]
     if suffix in (".geojson", ".json"):
-        features = geojson_features(read_json(path))
-        if features is None:
-            raise PointcellInputError(
-                f"{path}: expected a GeoJSON FeatureCollection or Feature list"
-            )
         outlines = []
-        for feature in features:
+        for feature in read_geojson_features(path):
             geometry = (feature or {}).get("geometry") or {}
             if geometry.get("type") in ("Polygon", "MultiPolygon"):
                 shape = shapely.geometry.shape(geometry)
