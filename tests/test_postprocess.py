@@ -66,12 +66,23 @@ def test_every_instance_gets_a_detection():
     prob = np.zeros((40, 40), np.float32)
     prob[10:20, 10:20] = 0.8  # flat plateau: peak_local_max may still find it, or not
     prob[25:35, 25:35] = 0.55
-    cells = postprocess(
-        prob, mpp=0.5, params=PostprocessParams(min_probability=0.6, min_area_um2=0)
-    )
+    cells = postprocess(prob, mpp=0.5, params=PostprocessParams(min_area_um2=0))
     assert cells.labels.max() == 2
     assert sorted(set(cells.instance.tolist())) == [1, 2]
     assert (cells.areas() == 100).all()
+
+
+def test_objects_less_probable_than_the_minimum_are_dropped():
+    prob = np.zeros((40, 40), np.float32)
+    prob[5:15, 5:15] = 0.55  # below the threshold: dropped with its instance
+    prob[25:35, 25:35] = 0.8
+    params = PostprocessParams(min_probability=0.6, min_area_um2=0)
+    cells = postprocess(prob, mpp=0.5, params=params)
+    assert cells.labels.max() == 1 and (cells.labels[25:35, 25:35] == 1).all()
+    assert cells.labels[5:15, 5:15].max() == 0
+    assert len(cells.xy) == 1 and cells.score.min() >= 0.6
+    strict = PostprocessParams(min_probability=0.9, min_area_um2=0)
+    assert len(postprocess(prob, mpp=0.5, params=strict).xy) == 0
 
 
 def test_empty_map_gives_no_cells():

@@ -426,7 +426,8 @@ def train(
 @click.option(
     "--min-probability",
     type=click.FloatRange(0, 1),
-    help="Smallest nucleus probability of a detection.",
+    help="Smallest nucleus probability of a detection (default 0.5); raise it to keep only "
+    "confident cells: objects whose highest probability is lower are dropped.",
 )
 @click.option(
     "--centre",

@@ -141,14 +141,31 @@ def fill_small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
     return mask | small[outside]
 
 
-def remove_small_objects(labels: np.ndarray, min_area_px: float) -> np.ndarray:
-    """Drop instances smaller than ``min_area_px`` and renumber the rest 1..n."""
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_area_px
+def keep_instances(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Labels with only the instances whose id is flagged in ``keep`` (one bool per id, 0 =
+    background), renumbered 1..n in their order."""
+    keep = np.asarray(keep, dtype=bool).copy()
     keep[0] = False
-    new_ids = np.zeros(len(sizes), dtype=np.int32)
+    new_ids = np.zeros(len(keep), dtype=np.int32)
     new_ids[keep] = np.arange(1, int(keep.sum()) + 1)
     return new_ids[labels]
+
+
+def remove_small_objects(labels: np.ndarray, min_area_px: float) -> np.ndarray:
+    """Drop instances smaller than ``min_area_px`` and renumber the rest 1..n."""
+    return keep_instances(labels, np.bincount(labels.ravel()) >= min_area_px)
+
+
+def remove_faint_objects(
+    labels: np.ndarray, probability: np.ndarray, min_probability: float
+) -> np.ndarray:
+    """Drop instances whose most probable pixel is below ``min_probability`` and renumber the
+    rest: a confidence threshold on whole objects, so that no cell is reported less probable
+    than asked for."""
+    if labels.max() == 0:
+        return labels
+    maxima = ndimage.maximum(probability, labels, np.arange(int(labels.max()) + 1))
+    return keep_instances(labels, np.asarray(maxima) >= min_probability)
 
 
 def postprocess(
@@ -156,13 +173,15 @@ def postprocess(
 ) -> Cells:
     """Detections and instances from a nucleus probability map (H, W) in [0, 1].
 
-    Every instance is represented by at least one detection: instances without a peak (small or
+    Objects whose highest probability is below ``params.min_probability`` are dropped; every
+    other instance is represented by at least one detection: instances without a peak (small or
     flat objects) get one at their most probable pixel. With ``params.centre == "centroid"``
     each detection is then placed at the centroid of its instance instead of its peak, unless
     the centroid falls outside the instance (a bent nucleus).
     """
     peaks = detect(probability, mpp=mpp, params=params)
     labels = instances(probability, peaks, mpp=mpp, params=params)
+    labels = remove_faint_objects(labels, probability, params.min_probability)
     instance = labels[peaks[:, 0], peaks[:, 1]] if len(peaks) else np.zeros(0, np.int32)
     keep = instance > 0  # a peak whose object was too small goes with it
     peaks, instance = peaks[keep], instance[keep]
