@@ -164,6 +164,7 @@ def test_predict_and_evaluate_commands(sample, small_checkpoint, tmp_path):
     )
     assert evaluated.exit_code == 0, evaluated.output
     assert "aggregate" in evaluated.output and "count CCC" in evaluated.output
+    assert "misses:" in evaluated.output and "false detections:" in evaluated.output
     assert (out / "evaluation.json").is_file() and (out / "evaluation.csv").is_file()
 
 

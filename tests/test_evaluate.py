@@ -34,6 +34,19 @@ def test_points_only_ground_truth_gives_detection_metrics_only(perfect, sample):
     assert report.aggregate["det_f1"] == pytest.approx(1.0)
 
 
+def test_misses_and_false_detections_are_sorted_by_cause(perfect, sample):
+    stem = sorted(p.stem for p in perfect.glob("*.tif"))[0]
+    table = perfect / f"{stem}.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:-1] + ["5000,5000"]) + "\n")  # drop one, add a far one
+    report = evaluate(perfect, sample / "masks", mpp=0.25)
+    errors = report.per_image[stem]
+    # the nucleus of the dropped centre is still in the labels, but its detection is gone
+    assert errors["det_fn"] == 1 and errors["det_fn_displaced"] == 1
+    assert errors["det_fp"] == 1 and errors["det_fp_far"] == 1
+    assert report.aggregate["det_fn_background"] == report.aggregate["det_fn_merged"] == 0
+
+
 def test_polygon_ground_truth_is_rasterised(perfect, tmp_path):
     stem = sorted(p.stem for p in perfect.glob("*.tif"))[0]
     labels = tifffile.imread(perfect / f"{stem}.tif")

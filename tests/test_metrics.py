@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from pointcell.metrics import (
+    DetectionErrors,
     aggregated_jaccard,
     concordance,
+    detection_errors,
     detection_scores,
     match_points,
     object_dice,
@@ -148,3 +150,25 @@ def test_concordance():
     assert noisy.low < noisy.ccc < noisy.high < 1
     with pytest.raises(ValueError):
         concordance([1], [1])
+
+
+def test_detection_errors_are_sorted_by_cause():
+    labels = np.zeros((40, 40), np.int32)
+    labels[0:10, 0:10] = 1  # detected, and holds a second click: merged
+    labels[20:30, 0:10] = 2  # its detection lies 3.5 px from its click: displaced, and near
+    true = np.array([[5, 5], [8, 8], [5, 28.5], [35, 35]])  # the last in background
+    pred = np.array([[5, 5], [5, 25], [35, 5]])  # the last far from every click
+    errors = detection_errors(true, pred, labels, radius=2.0)
+    assert errors == DetectionErrors(
+        fn_background=1, fn_merged=1, fn_displaced=1, fp_far=1, fp_near=1
+    )
+    scores = detection_scores(true, pred, radius=2.0)
+    assert errors.fn_background + errors.fn_merged + errors.fn_displaced == scores.fn
+    assert errors.fp_far + errors.fp_near == scores.fp
+    assert (errors + errors).fp_far == 2 and errors.to_dict()["fn_merged"] == 1
+
+
+def test_detection_errors_without_points():
+    labels = np.zeros((10, 10), np.int32)
+    assert detection_errors(np.empty((0, 2)), [[3, 3]], labels, radius=2.0).fp_far == 1
+    assert detection_errors([[3, 3]], np.empty((0, 2)), labels, radius=2.0).fn_background == 1

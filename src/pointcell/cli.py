@@ -666,6 +666,13 @@ def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Pat
     click.echo(
         f"{'aggregate':<{width}}  " + "  ".join(f"{report.aggregate[k]:13.3f}" for k in shown)
     )
+    agg = report.aggregate
+    click.echo(
+        f"misses: {agg['det_fn_background']} outside any predicted nucleus, "
+        f"{agg['det_fn_merged']} merged with a neighbour, {agg['det_fn_displaced']} displaced; "
+        f"false detections: {agg['det_fp_far']} far from every point (> 2x radius), "
+        f"{agg['det_fp_near']} near one"
+    )
     if "count_ccc" in report.aggregate:
         agg = report.aggregate
         click.echo(

@@ -25,9 +25,11 @@ from pointcell.io.atomic import atomic_output
 from pointcell.io.images import read_label_image
 from pointcell.io.points import instance_centroids, read_points, read_polygons
 from pointcell.metrics import (
+    DetectionErrors,
     DetectionScores,
     class_match_counts,
     concordance,
+    detection_errors,
     detection_scores,
     positive_percentage,
     segmentation_scores,
@@ -151,6 +153,7 @@ def evaluate(
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     report = EvaluationReport()
     pooled = DetectionScores(0, 0, 0)
+    pooled_errors = DetectionErrors(0, 0, 0, 0, 0)
     counts_true, counts_pred = [], []
     typed: dict[str, tuple[GroundTruth, np.ndarray, np.ndarray, float]] = {}
     for stem, pred_path, gt_path in _match_files(pred_dir, gt_dir):
@@ -158,17 +161,20 @@ def evaluate(
         truth = read_ground_truth(gt_path, labels.shape)
         pixel_size = _pixel_size(pred_dir, stem, mpp)
         points, pred_classes = _predicted_points(pred_dir, stem, labels)
-        detection = detection_scores(truth.points_xy, points, radius=radius_um / pixel_size)
-        pooled = pooled + detection
+        radius = radius_um / pixel_size
+        detection = detection_scores(truth.points_xy, points, radius=radius)
+        errors = detection_errors(truth.points_xy, points, labels, radius=radius)
+        pooled, pooled_errors = pooled + detection, pooled_errors + errors
         row: dict[str, float] = {"n_true": len(truth.points_xy), "n_pred": len(points)}
         row.update({f"det_{k}": v for k, v in detection.to_dict().items()})
+        row.update({f"det_{k}": v for k, v in errors.to_dict().items()})
         if truth.labels is not None:
             row.update(segmentation_scores(truth.labels, labels).to_dict())
         report.per_image[stem] = row
         counts_true.append(len(truth.points_xy))
         counts_pred.append(len(points))
         if truth.point_classes is not None and (truth.point_classes != "").any():
-            typed[stem] = (truth, points, pred_classes, radius_um / pixel_size)
+            typed[stem] = (truth, points, pred_classes, radius)
     if not any((pred != "").any() for _, _, pred, _ in typed.values()):
         typed = {}  # predictions without classes: detection metrics only
     for key in SEGMENTATION_KEYS:
@@ -176,6 +182,7 @@ def evaluate(
         if values:
             report.aggregate[key] = float(np.mean(values))
     report.aggregate.update({f"det_{k}": v for k, v in pooled.to_dict().items()})
+    report.aggregate.update({f"det_{k}": v for k, v in pooled_errors.to_dict().items()})
     report.aggregate["n_images"] = len(report.per_image)
     report.aggregate["radius_um"] = radius_um
     if len(counts_true) >= 2:

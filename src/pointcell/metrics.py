@@ -9,7 +9,7 @@ recall / F1, and Lin's concordance correlation coefficient of per-image counts.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 import numpy as np
 from scipy import sparse
@@ -235,6 +235,70 @@ def match_points(
     r, c = linear_sum_assignment(cost)
     keep = cost[r, c] < 0
     return rows[r[keep]], cols[c[keep]]
+
+
+@dataclass(frozen=True)
+class DetectionErrors:
+    """Why detections fail, after one-to-one matching within a radius.
+
+    Misses (false negatives), by what the predicted labels hold at the true point:
+    ``fn_background`` no predicted nucleus there (missed, or a click beside its nucleus);
+    ``fn_merged`` a nucleus whose detection went to another true point (touching nuclei
+    segmented as one); ``fn_displaced`` a nucleus whose detection matched nothing (placed
+    farther than the radius). False detections: ``fp_far`` no true point within twice the
+    radius (an unannotated nucleus, or an artefact); ``fp_near`` the others (a nucleus split in
+    two, or a detection just beyond the radius).
+    """
+
+    fn_background: int
+    fn_merged: int
+    fn_displaced: int
+    fp_far: int
+    fp_near: int
+
+    def __add__(self, other: DetectionErrors) -> DetectionErrors:
+        return DetectionErrors(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def detection_errors(
+    true_xy: np.ndarray, pred_xy: np.ndarray, labels: np.ndarray, *, radius: float
+) -> DetectionErrors:
+    """Sort the misses and false detections of one image by cause (see
+    :class:`DetectionErrors`); ``labels`` are the predicted instances (H, W), points (x, y)."""
+    true_xy = np.asarray(true_xy, float).reshape(-1, 2)
+    pred_xy = np.asarray(pred_xy, float).reshape(-1, 2)
+    true_index, pred_index = match_points(true_xy, pred_xy, radius=radius)
+    missed = np.setdiff1d(np.arange(len(true_xy)), true_index)
+    false = np.setdiff1d(np.arange(len(pred_xy)), pred_index)
+    nucleus_of_truth = _labels_at(labels, true_xy[missed])
+    matched_nuclei = np.zeros(int(labels.max()) + 1, dtype=bool)
+    matched_nuclei[_labels_at(labels, pred_xy[pred_index])] = True
+    matched_nuclei[0] = False
+    inside = nucleus_of_truth > 0
+    merged = inside & matched_nuclei[nucleus_of_truth]
+    if len(true_xy) and len(false):
+        nearest, _ = cKDTree(true_xy).query(pred_xy[false])
+        far = int((nearest > 2 * radius).sum())
+    else:
+        far = len(false)
+    return DetectionErrors(
+        fn_background=int((~inside).sum()),
+        fn_merged=int(merged.sum()),
+        fn_displaced=int((inside & ~merged).sum()),
+        fp_far=far,
+        fp_near=len(false) - far,
+    )
+
+
+def _labels_at(labels: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """The label under each point (x, y), rounded to the nearest pixel and clipped inside."""
+    h, w = labels.shape
+    cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, w - 1)
+    rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, h - 1)
+    return labels[rows, cols]
 
 
 def detection_scores(true_xy: np.ndarray, pred_xy: np.ndarray, *, radius: float) -> DetectionScores:
