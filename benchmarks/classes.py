@@ -5,7 +5,9 @@ Every step is one command line of the project's CLI (printed). Trains pointcell 
 training clicks (fine-tuned from the shipped H&E model, HED stain jitter 0.05), predicts the
 test images, evaluates against the test clicks; runs the training-free floor beside it (for
 SHIDC with its DAB threshold tuned on the training patients). Runs are kept in ``runs/`` and
-resumed when interrupted. Writes ``benchmarks/results/classes.md``.
+resumed when interrupted. CRCHisto's clicks are moved by (-1, -1) px first: they come from
+MATLAB files and count pixels from 1. ``--parts crchisto`` (or ``shidc``) runs one data set and
+keeps the other's section of the results file. Writes ``benchmarks/results/classes.md``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, SHARED, provenance, write_result  # noqa: E402
+from _common import REPO, RESULTS, SHARED, provenance, write_result  # noqa: E402
 from pointcell.baseline import WatershedParams, hematoxylin_watershed, mean_dab, tune_dab_threshold  # noqa: E402
 from pointcell.io.images import read_image  # noqa: E402
-from pointcell.io.points import read_points  # noqa: E402
+from pointcell.io.points import Points, read_points, write_points_csv  # noqa: E402
 from pointcell.metrics import match_points  # noqa: E402
 
 RUNS = REPO / "runs"
@@ -146,12 +148,23 @@ def f1_at_published_radius(out: Path, gt: Path) -> float:
     return json.loads(report.read_text())["aggregate"]["det_f1"]
 
 
+def zero_based_points(source: Path, target: Path) -> Path:
+    """Copies of CRCHisto's click tables moved by (-1, -1) px: its clicks come from MATLAB
+    files and count pixels from 1 (against the training-free floor, which never resamples, the
+    median offset of matched clicks is exactly (+1, +1) px), pointcell's points from 0."""
+    target.mkdir(parents=True, exist_ok=True)
+    for table in sorted(source.glob("*.csv")):
+        clicks = read_points(table)
+        write_points_csv(target / table.name, Points(clicks.xy - 1.0, clicks.classes))
+    return target
+
+
 def crchisto(steps: int, unclicked_steps: int) -> list[tuple[str, dict]]:
     data = SHARED / "crchisto"
     published = json.loads((data / "split.json").read_text())
     split = {"train": published["train"], "val": published["validation"], "test": published["test"]}
     test = [data / "images" / f"{stem}.png" for stem in split["test"]]
-    gt = data / "points"
+    gt = zero_based_points(data / "points", RUNS / "crchisto-points-0based")
     floor(test, gt, CRC_MPP, RUNS / "classes-crchisto-floor", [])
     outputs = [("floor (hematoxylin watershed)", RUNS / "classes-crchisto-floor")]
     # CRCHisto's clicks are not exhaustive (about two thirds of the false detections of a
@@ -163,7 +176,9 @@ def crchisto(steps: int, unclicked_steps: int) -> list[tuple[str, dict]]:
          "HED jitter 0.05, unclicked nuclei = background"),
     )  # fmt: skip
     for name, length, extra, label in variants:
-        run = train(name, data / "images", data / "points", CRC_MPP, split, length, extra=extra)
+        if length == 0:
+            continue
+        run = train(name, data / "images", gt, CRC_MPP, split, length, extra=extra)
         out = RUNS / f"{name}-pred"
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
         outputs.append((f"pointcell ({label}; {trained_steps(run)[0]} steps)", out))
@@ -265,6 +280,74 @@ def table(rows: list[tuple[str, dict]], classes: bool, index: bool) -> list[str]
     return lines
 
 
+INTRO = [
+    "# Cell classes from typed clicks",
+    "",
+    "pointcell: ResNet18 U-Net fine-tuned from `pointcell-he` (CPU preset otherwise, HED jitter "
+    "0.05 unless stated), class head trained on disks of 2 µm around typed clicks. Prediction: "
+    "`--tta` (8 rotations and mirror images averaged), cells at the centroids of their nuclei "
+    "(the default). Detection: Hungarian matching within 3 µm (CRCHisto also at the published "
+    "6 px = 3.3 µm), pooled over the test images. F_c: HoVer-Net's per-class F1 (Graham et al. "
+    "2019). Macro/weighted F1: classes of matched cells only. Each section names the command, "
+    "commit and machine that produced it.",
+    "",
+]
+SECTIONS = {"crchisto": "## CRCHistoPhenotypes", "shidc": "## SHIDC-B-Ki-67"}
+
+
+def run_line(command: str, start: float) -> str:
+    minutes = (time.perf_counter() - start) / 60
+    reused = f"; finished training runs reused: {', '.join(REUSED)}" if REUSED else ""
+    return f"{provenance()}. Command: `{command}` ({minutes:.0f} min, 2 CPU cores{reused})."
+
+
+def crchisto_section(steps: int, unclicked_steps: int, command: str) -> list[str]:
+    start = time.perf_counter()
+    rows = crchisto(steps, unclicked_steps)
+    return [
+        f"{SECTIONS['crchisto']}, published test split ({CRC_MPP} µm/px, 70 train / 10 val / "
+        "20 test images; unlabelled clicks count for detection only)",
+        "",
+        run_line(command, start) + " Clicks moved by (-1, -1) px to count pixels from 0 "
+        "(CRCHisto's come from MATLAB files, counted from 1).",
+        "",
+        *table(rows, classes=True, index=False),
+        "",
+        "Published on this data set (Sirinukunwattana et al. 2016, IEEE TMI; 2-fold "
+        "cross-validation, 6 px radius -- not the same protocol): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED.items())
+        + ".",
+        "",
+    ]
+
+
+def shidc_section(steps: int, command: str) -> list[str]:
+    start = time.perf_counter()
+    rows, threshold = shidc(steps)
+    return [
+        f"{SECTIONS['shidc']} sample, split by patient (train p1, test p2; {KI67_MPP} µm/px "
+        "assumed)",
+        "",
+        run_line(command, start) + f" {steps} training steps.",
+        "",
+        f"Floor DAB threshold tuned on the training patient: {threshold:.4f} (mean DAB optical "
+        "density of a nucleus, balanced accuracy on matched positive/negative clicks).",
+        "",
+        *table(rows, classes=True, index=True),
+        "",
+    ]
+
+
+def kept_section(text: str, heading: str) -> list[str]:
+    """A section of an earlier results file, from its heading to the next one, unchanged."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return [*lines[start:end], *([""] if lines[end - 1] else [])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=1200)
@@ -275,51 +358,29 @@ def main() -> None:
         "--crchisto-unclicked-steps",
         type=int,
         help="training steps of the CRCHisto unclicked-background variant (default: "
-        "--crchisto-steps)",
+        "--crchisto-steps; 0 leaves it out)",
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=sorted(SECTIONS),
+        default=sorted(SECTIONS),
+        help="data sets to run; the others' sections of the results file are kept as they are",
     )
     args = parser.parse_args()
     crc_steps = args.crchisto_steps or args.steps
-    unclicked_steps = args.crchisto_unclicked_steps or crc_steps
-    start = time.perf_counter()
-    crc_rows = crchisto(crc_steps, unclicked_steps)
-    ki67_rows, threshold = shidc(args.steps)
-    minutes = (time.perf_counter() - start) / 60
-    lines = [
-        "# Cell classes from typed clicks",
-        "",
-        f"{provenance()}. Command: `python benchmarks/classes.py --steps {args.steps}"
-        + (f" --crchisto-steps {crc_steps}" if crc_steps != args.steps else "")
-        + (f" --crchisto-unclicked-steps {unclicked_steps}" if unclicked_steps != crc_steps else "")
-        + f"` ({minutes:.0f} min, 2 CPU cores"
-        + (f"; finished training runs reused: {', '.join(REUSED)}" if REUSED else "")
-        + "). pointcell: ResNet18 U-Net fine-tuned from "
-        f"`pointcell-he` for the steps given in each CRCHisto row / {args.steps} steps (SHIDC) "
-        "(CPU preset otherwise, HED jitter 0.05 unless stated), class "
-        "head trained on disks of 2 µm around typed clicks. Prediction: `--tta` (8 rotations "
-        "and mirror images averaged), cells at the centroids of their nuclei (the default). "
-        "Detection: Hungarian matching "
-        "within 3 µm (CRCHisto also at the published 6 px = 3.3 µm), pooled over the test "
-        "images. F_c: HoVer-Net's per-class F1 (Graham et "
-        "al. 2019). Macro/weighted F1: classes of matched cells only.",
-        "",
-        f"## CRCHistoPhenotypes, published test split ({CRC_MPP} µm/px, 70 train / 10 val / "
-        "20 test images; unlabelled clicks count for detection only)",
-        "",
-        *table(crc_rows, classes=True, index=False),
-        "",
-        "Published on this data set (Sirinukunwattana et al. 2016, IEEE TMI; 2-fold "
-        "cross-validation, 6 px radius -- not the same protocol): "
-        + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED.items())
-        + ".",
-        "",
-        f"## SHIDC-B-Ki-67 sample, split by patient (train p1, test p2; {KI67_MPP} µm/px assumed)",
-        "",
-        f"Floor DAB threshold tuned on the training patient: {threshold:.4f} (mean DAB optical "
-        "density of a nucleus, balanced accuracy on matched positive/negative clicks).",
-        "",
-        *table(ki67_rows, classes=True, index=True),
-        "",
-    ]
+    unclicked = args.crchisto_unclicked_steps
+    unclicked = crc_steps if unclicked is None else unclicked
+    command = "python benchmarks/classes.py " + " ".join(sys.argv[1:])
+    previous = (RESULTS / "classes.md").read_text() if (RESULTS / "classes.md").is_file() else ""
+    lines = list(INTRO)
+    for part, heading in SECTIONS.items():
+        if part not in args.parts:
+            lines += kept_section(previous, heading)
+        elif part == "crchisto":
+            lines += crchisto_section(crc_steps, unclicked, command.strip())
+        else:
+            lines += shidc_section(args.steps, command.strip())
     write_result("classes.md", "\n".join(lines))
 
 
