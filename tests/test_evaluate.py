@@ -1,12 +1,13 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
 import tifffile
 
-from pointcell.errors import PointcellInputError
+from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.evaluate import evaluate, rasterise, write_report
-from pointcell.io.points import Points, instance_centroids, write_points_csv
+from pointcell.io.points import Points, instance_centroids, read_points, write_points_csv
 
 
 @pytest.fixture
@@ -109,3 +110,20 @@ def test_report_files(perfect, sample, tmp_path):
     assert "mean over images" in data["aggregation"]
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0].startswith("image,") and len(lines) == 3
+
+
+def test_a_shifted_point_set_is_reported(perfect, sample):
+    for table in perfect.glob("*.csv"):
+        points = read_points(table)
+        write_points_csv(table, Points(points.xy - 1.0))  # predictions counted 1 px lower
+    with pytest.warns(PointcellWarning, match=r"\(\+1\.00, \+1\.00\) px.*count pixels from 1"):
+        report = evaluate(perfect, sample / "masks", mpp=0.25)
+    assert report.aggregate["det_offset_x_px"] == pytest.approx(1.0, abs=0.01)
+    assert report.aggregate["det_offset_y_px"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_unshifted_points_raise_no_warning(perfect, sample):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PointcellWarning)
+        report = evaluate(perfect, sample / "masks", mpp=0.25)
+    assert report.aggregate["det_offset_x_px"] == pytest.approx(0.0, abs=0.01)

@@ -14,6 +14,7 @@ from pointcell.metrics import (
     panoptic_quality,
     pixel_scores,
     segmentation_scores,
+    systematic_offset,
 )
 
 
@@ -172,3 +173,12 @@ def test_detection_errors_without_points():
     labels = np.zeros((10, 10), np.int32)
     assert detection_errors(np.empty((0, 2)), [[3, 3]], labels, radius=2.0).fp_far == 1
     assert detection_errors([[3, 3]], np.empty((0, 2)), labels, radius=2.0).fn_background == 1
+
+
+def test_a_shift_of_the_whole_point_set_is_told_from_noise():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1.5, size=(200, 2))
+    np.testing.assert_allclose(systematic_offset(noise + [1, 1]), [1, 1], atol=0.3)
+    assert systematic_offset(noise - noise.mean(axis=0)) is None  # centred: no shift
+    assert systematic_offset(noise[:20] + [1, 1]) is None  # too few pairs to tell
+    assert systematic_offset(noise * 0.01 + [0.2, 0]) is None  # real, but under half a pixel

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 from skimage.draw import polygon as fill_polygon
 
 from pointcell.data import point_class_names
-from pointcell.errors import PointcellInputError
+from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.atomic import atomic_output
 from pointcell.io.images import read_label_image
 from pointcell.io.points import instance_centroids, read_points, read_polygons
@@ -31,8 +32,10 @@ from pointcell.metrics import (
     concordance,
     detection_errors,
     detection_scores,
+    match_points,
     positive_percentage,
     segmentation_scores,
+    systematic_offset,
 )
 from pointcell.predict import SUMMARY_FILE
 
@@ -155,6 +158,7 @@ def evaluate(
     pooled = DetectionScores(0, 0, 0)
     pooled_errors = DetectionErrors(0, 0, 0, 0, 0)
     counts_true, counts_pred = [], []
+    offsets = []  # true - predicted centre of every matched pair, in pixels
     typed: dict[str, tuple[GroundTruth, np.ndarray, np.ndarray, float]] = {}
     for stem, pred_path, gt_path in _match_files(pred_dir, gt_dir):
         labels = read_label_image(pred_path)
@@ -165,6 +169,8 @@ def evaluate(
         detection = detection_scores(truth.points_xy, points, radius=radius)
         errors = detection_errors(truth.points_xy, points, labels, radius=radius)
         pooled, pooled_errors = pooled + detection, pooled_errors + errors
+        true_index, pred_index = match_points(truth.points_xy, points, radius=radius)
+        offsets.append(truth.points_xy[true_index] - points[pred_index])
         row: dict[str, float] = {"n_true": len(truth.points_xy), "n_pred": len(points)}
         row.update({f"det_{k}": v for k, v in detection.to_dict().items()})
         row.update({f"det_{k}": v for k, v in errors.to_dict().items()})
@@ -184,6 +190,7 @@ def evaluate(
     report.aggregate.update({f"det_{k}": v for k, v in pooled.to_dict().items()})
     report.aggregate.update({f"det_{k}": v for k, v in pooled_errors.to_dict().items()})
     report.aggregate["n_images"] = len(report.per_image)
+    _check_offset(report, np.concatenate(offsets))
     report.aggregate["radius_um"] = radius_um
     if len(counts_true) >= 2:
         ccc = concordance(counts_true, counts_pred)
@@ -191,6 +198,23 @@ def evaluate(
     if typed:
         _class_report(report, typed)
     return report
+
+
+def _check_offset(report: EvaluationReport, offsets: np.ndarray) -> None:
+    """Record the mean offset of matched points; warn when the truth is shifted as a whole."""
+    if len(offsets):
+        mean = offsets.mean(axis=0)
+        report.aggregate.update(det_offset_x_px=float(mean[0]), det_offset_y_px=float(mean[1]))
+    shift = systematic_offset(offsets)
+    if shift is not None:
+        warnings.warn(
+            f"the true points lie on average ({shift[0]:+.2f}, {shift[1]:+.2f}) px from the "
+            f"matched predictions ({len(offsets)} pairs): a shift of the whole point set. If "
+            "the points count pixels from 1 (MATLAB), subtract 1 from x and y; pointcell counts "
+            "from 0 (the centre of the top-left pixel is 0, 0).",
+            PointcellWarning,
+            stacklevel=3,
+        )
 
 
 def _class_report(

@@ -301,6 +301,22 @@ def _labels_at(labels: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return labels[rows, cols]
 
 
+def systematic_offset(
+    offsets: np.ndarray, *, min_px: float = 0.5, min_pairs: int = 30, z: float = 4.0
+) -> np.ndarray | None:
+    """The mean (dx, dy) of matched ``true - predicted`` offsets (N, 2) when it is a shift of
+    the whole point set rather than noise: at least ``min_px`` along an axis and ``z`` standard
+    errors from zero, over at least ``min_pairs`` pairs; else None. A shift of one pixel is
+    the mark of points counted from 1 (MATLAB) read as counted from 0."""
+    offsets = np.asarray(offsets, float).reshape(-1, 2)
+    if len(offsets) < min_pairs:
+        return None
+    mean = offsets.mean(axis=0)
+    standard_error = offsets.std(axis=0, ddof=1) / np.sqrt(len(offsets))
+    shifted = (np.abs(mean) >= min_px) & (np.abs(mean) > z * standard_error)
+    return mean if shifted.any() else None
+
+
 def detection_scores(true_xy: np.ndarray, pred_xy: np.ndarray, *, radius: float) -> DetectionScores:
     """True positives, false positives and false negatives after one-to-one matching."""
     t, _ = match_points(true_xy, pred_xy, radius=radius)
