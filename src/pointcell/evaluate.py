@@ -209,9 +209,9 @@ def _check_offset(report: EvaluationReport, offsets: np.ndarray) -> None:
     if shift is not None:
         warnings.warn(
             f"the true points lie on average ({shift[0]:+.2f}, {shift[1]:+.2f}) px from the "
-            f"matched predictions ({len(offsets)} pairs): a shift of the whole point set. If "
-            "the points count pixels from 1 (MATLAB), subtract 1 from x and y; pointcell counts "
-            "from 0 (the centre of the top-left pixel is 0, 0).",
+            f"matched predictions ({len(offsets)} pairs): one set is shifted against the other. "
+            "If the true points count pixels from 1 (MATLAB), subtract 1 from x and y; pointcell "
+            "counts from 0 (the centre of the top-left pixel is 0, 0).",
             PointcellWarning,
             stacklevel=3,
         )
