@@ -167,6 +167,9 @@ def test_detection_errors_are_sorted_by_cause():
     assert errors.fn_background + errors.fn_merged + errors.fn_displaced == scores.fn
     assert errors.fp_far + errors.fp_near == scores.fp
     assert (errors + errors).fp_far == 2 and errors.to_dict()["fn_merged"] == 1
+    matched = match_points(true, pred, radius=2.0)  # a matching computed once serves both
+    assert detection_errors(true, pred, labels, radius=2.0, matched=matched) == errors
+    assert detection_scores(true, pred, radius=2.0, matched=matched) == scores
 
 
 def test_detection_errors_without_points():

@@ -674,13 +674,11 @@ def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Pat
         f"{agg['det_fp_near']} near one"
     )
     if "count_ccc" in report.aggregate:
-        agg = report.aggregate
         click.echo(
             f"count CCC {agg['count_ccc']:.3f} (95% CI {agg['count_ccc_low']:.3f}"
             f"-{agg['count_ccc_high']:.3f})"
         )
     if "classes" in report.aggregate:
-        agg = report.aggregate
         per_class = ", ".join(f"{name} {value:.3f}" for name, value in agg["class_fc"].items())
         click.echo(f"per-class F_c: {per_class}")
         click.echo(
@@ -688,7 +686,6 @@ def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Pat
             f"weighted F1 {agg['class_weighted_f1']:.3f}"
         )
     if "positive_percent_mae" in report.aggregate:
-        agg = report.aggregate
         line = (
             f"positive %: mean abs error {agg['positive_percent_mae']:.2f}, "
             f"max {agg['positive_percent_max_error']:.2f} points"

@@ -166,11 +166,11 @@ def evaluate(
         pixel_size = _pixel_size(pred_dir, stem, mpp)
         points, pred_classes = _predicted_points(pred_dir, stem, labels)
         radius = radius_um / pixel_size
-        detection = detection_scores(truth.points_xy, points, radius=radius)
-        errors = detection_errors(truth.points_xy, points, labels, radius=radius)
+        matched = match_points(truth.points_xy, points, radius=radius)  # once, for all three
+        detection = detection_scores(truth.points_xy, points, radius=radius, matched=matched)
+        errors = detection_errors(truth.points_xy, points, labels, radius=radius, matched=matched)
         pooled, pooled_errors = pooled + detection, pooled_errors + errors
-        true_index, pred_index = match_points(truth.points_xy, points, radius=radius)
-        offsets.append(truth.points_xy[true_index] - points[pred_index])
+        offsets.append(truth.points_xy[matched[0]] - points[matched[1]])
         row: dict[str, float] = {"n_true": len(truth.points_xy), "n_pred": len(points)}
         row.update({f"det_{k}": v for k, v in detection.to_dict().items()})
         row.update({f"det_{k}": v for k, v in errors.to_dict().items()})

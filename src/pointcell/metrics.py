@@ -263,14 +263,23 @@ class DetectionErrors:
         return asdict(self)
 
 
+Matching = tuple[np.ndarray, np.ndarray]  # (true_index, pred_index), as match_points gives
+
+
 def detection_errors(
-    true_xy: np.ndarray, pred_xy: np.ndarray, labels: np.ndarray, *, radius: float
+    true_xy: np.ndarray,
+    pred_xy: np.ndarray,
+    labels: np.ndarray,
+    *,
+    radius: float,
+    matched: Matching | None = None,
 ) -> DetectionErrors:
     """Sort the misses and false detections of one image by cause (see
-    :class:`DetectionErrors`); ``labels`` are the predicted instances (H, W), points (x, y)."""
+    :class:`DetectionErrors`); ``labels`` are the predicted instances (H, W), points (x, y).
+    ``matched``: the pairs of :func:`match_points` at this radius, when already computed."""
     true_xy = np.asarray(true_xy, float).reshape(-1, 2)
     pred_xy = np.asarray(pred_xy, float).reshape(-1, 2)
-    true_index, pred_index = match_points(true_xy, pred_xy, radius=radius)
+    true_index, pred_index = matched or match_points(true_xy, pred_xy, radius=radius)
     missed = np.setdiff1d(np.arange(len(true_xy)), true_index)
     false = np.setdiff1d(np.arange(len(pred_xy)), pred_index)
     nucleus_of_truth = _labels_at(labels, true_xy[missed])
@@ -317,9 +326,12 @@ def systematic_offset(
     return mean if shifted.any() else None
 
 
-def detection_scores(true_xy: np.ndarray, pred_xy: np.ndarray, *, radius: float) -> DetectionScores:
-    """True positives, false positives and false negatives after one-to-one matching."""
-    t, _ = match_points(true_xy, pred_xy, radius=radius)
+def detection_scores(
+    true_xy: np.ndarray, pred_xy: np.ndarray, *, radius: float, matched: Matching | None = None
+) -> DetectionScores:
+    """True positives, false positives and false negatives after one-to-one matching
+    (``matched``: the pairs of :func:`match_points` at this radius, when already computed)."""
+    t, _ = matched or match_points(true_xy, pred_xy, radius=radius)
     n_true, n_pred = len(np.reshape(true_xy, (-1, 2))), len(np.reshape(pred_xy, (-1, 2)))
     return DetectionScores(len(t), n_pred - len(t), n_true - len(t))
 

@@ -217,12 +217,16 @@ def _read_aperio_xml(path: Path) -> Points:
     return Points(np.array(xy, dtype=np.float64).reshape(-1, 2), tuple(classes))
 
 
+def _region_where(region: ET.Element, path: Path) -> str:
+    return f"{path}, Region Id={region.get('Id')!r}"
+
+
 def region_vertices(region: ET.Element, path: Path) -> np.ndarray:
     """(N, 2) vertices (x, y) of an Aperio XML region."""
     try:
         xy = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
     except (TypeError, ValueError) as exc:
-        where = f"{path}, Region Id={region.get('Id')!r}"
+        where = _region_where(region, path)
         raise PointcellInputError(f"{where}: vertex without numeric X/Y ({exc})") from exc
     return np.array(xy, dtype=np.float64).reshape(-1, 2)
 
@@ -230,7 +234,7 @@ def region_vertices(region: ET.Element, path: Path) -> np.ndarray:
 def _region_centroid(region: ET.Element, path: Path) -> tuple[float, float]:
     vertices = region_vertices(region, path)
     if len(vertices) == 0:
-        raise PointcellInputError(f"{path}, Region Id={region.get('Id')!r}: region has no vertices")
+        raise PointcellInputError(f"{_region_where(region, path)}: region has no vertices")
     if len(vertices) >= 3:
         polygon = shapely.Polygon(vertices)
         if polygon.area > 0:
