@@ -109,6 +109,20 @@ def test_class_counts_and_hovernet_fc_on_a_hand_made_example():
     macro, weighted, per_class = counts.matched_f1()
     np.testing.assert_allclose(per_class, [2 / 3, 2 / 3])
     assert macro == pytest.approx(2 / 3) and weighted == pytest.approx(2 / 3)
+    # pairs computed beforehand are used as given: pairing only the first two points leaves
+    # the other two true and three predicted cells unmatched
+    paired = class_match_counts(
+        true_xy,
+        true_class,
+        pred_xy,
+        pred_class,
+        n_classes=2,
+        radius=2,
+        matched=(np.array([0, 1]), np.array([0, 1])),
+    )
+    np.testing.assert_array_equal(paired.confusion, [[1, 1], [0, 0]])
+    np.testing.assert_array_equal(paired.unmatched_true, [0, 1])
+    np.testing.assert_array_equal(paired.unmatched_pred, [1, 2])
 
 
 def test_positive_percentage_and_wilson_interval():

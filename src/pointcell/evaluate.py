@@ -16,6 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from skimage.draw import polygon as fill_polygon
@@ -28,6 +29,7 @@ from pointcell.io.points import instance_centroids, read_points, read_polygons
 from pointcell.metrics import (
     DetectionErrors,
     DetectionScores,
+    Matching,
     class_match_counts,
     concordance,
     detection_errors,
@@ -145,6 +147,16 @@ def _match_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]]:
     return [(stem, predictions[stem], truths[stem]) for stem in sorted(truths)]
 
 
+class _TypedImage(NamedTuple):
+    """What the class report needs of an image whose true points carry classes."""
+
+    truth: GroundTruth
+    pred_xy: np.ndarray
+    pred_classes: np.ndarray
+    radius: float
+    matched: Matching
+
+
 def evaluate(
     pred_dir: str | os.PathLike[str],
     gt_dir: str | os.PathLike[str],
@@ -159,7 +171,7 @@ def evaluate(
     pooled_errors = DetectionErrors(0, 0, 0, 0, 0)
     counts_true, counts_pred = [], []
     offsets = []  # true - predicted centre of every matched pair, in pixels
-    typed: dict[str, tuple[GroundTruth, np.ndarray, np.ndarray, float]] = {}
+    typed: dict[str, _TypedImage] = {}
     for stem, pred_path, gt_path in _match_files(pred_dir, gt_dir):
         labels = read_label_image(pred_path)
         truth = read_ground_truth(gt_path, labels.shape)
@@ -180,8 +192,8 @@ def evaluate(
         counts_true.append(len(truth.points_xy))
         counts_pred.append(len(points))
         if truth.point_classes is not None and (truth.point_classes != "").any():
-            typed[stem] = (truth, points, pred_classes, radius)
-    if not any((pred != "").any() for _, _, pred, _ in typed.values()):
+            typed[stem] = _TypedImage(truth, points, pred_classes, radius, matched)
+    if not any((image.pred_classes != "").any() for image in typed.values()):
         typed = {}  # predictions without classes: detection metrics only
     for key in SEGMENTATION_KEYS:
         values = [r[key] for r in report.per_image.values() if key in r]
@@ -217,18 +229,14 @@ def _check_offset(report: EvaluationReport, offsets: np.ndarray) -> None:
         )
 
 
-def _class_report(
-    report: EvaluationReport, typed: dict[str, tuple[GroundTruth, np.ndarray, np.ndarray, float]]
-) -> None:
+def _class_report(report: EvaluationReport, typed: dict[str, _TypedImage]) -> None:
     """Per-class F_c, confusion matrix and macro/weighted F1 (pooled over images), and the
     positive percentage (e.g. Ki67 index) per image with its error and CCC across images."""
-    classes = sorted(
-        {str(n) for truth, _, _, _ in typed.values() for n in truth.point_classes} - {""}
-    )
+    classes = sorted({str(n) for image in typed.values() for n in image.truth.point_classes} - {""})
     index = {name: i for i, name in enumerate(classes)}
     pooled = None
     true_index, pred_index = [], []
-    for stem, (truth, pred_xy, pred_names, radius) in typed.items():
+    for stem, (truth, pred_xy, pred_names, radius, matched) in typed.items():
         counts = class_match_counts(
             truth.points_xy,
             [index.get(str(n), -1) for n in truth.point_classes],
@@ -236,6 +244,7 @@ def _class_report(
             [index.get(str(n), -1) for n in pred_names],
             n_classes=len(classes),
             radius=radius,
+            matched=matched,
         )
         pooled = counts if pooled is None else pooled + counts
         true_pct, pred_pct = (

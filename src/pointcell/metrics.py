@@ -440,12 +440,14 @@ def class_match_counts(
     *,
     n_classes: int,
     radius: float,
+    matched: Matching | None = None,
 ) -> ClassMatchCounts:
-    """Match centres (Hungarian, within ``radius``) and count classes; class indices < 0 (an
-    untyped true cell) are left out of every class count."""
+    """Match centres (Hungarian, within ``radius``; ``matched``: those pairs when already
+    computed) and count classes; class indices < 0 (an untyped true cell) are left out of
+    every class count."""
     true_class = np.asarray(true_class, int)
     pred_class = np.asarray(pred_class, int)
-    true_index, pred_index = match_points(true_xy, pred_xy, radius=radius)
+    true_index, pred_index = matched or match_points(true_xy, pred_xy, radius=radius)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     t, p = true_class[true_index], pred_class[pred_index]
     typed = (t >= 0) & (p >= 0)
