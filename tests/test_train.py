@@ -1,4 +1,5 @@
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -125,6 +126,48 @@ def test_resume_after_interrupt_gives_identical_weights(disk_dataset, tmp_path, 
         assert torch.equal(tensor, b["model"][key]), key
     assert a["best_score"] == b["best_score"]
     assert len(resumed.history) == len(straight.history)
+
+
+def test_sigterm_finishes_the_step_saves_and_resumes_identically(
+    disk_dataset, tmp_path, monkeypatch
+):
+    config = tiny_config(disk_dataset, tmp_path, checkpoint_every=10)  # last.pt only at the end
+    straight = fit(config, tmp_path / "a", progress=False)
+    real_step = train_module.Trainer.step
+
+    def terminated_during_step_one(self, iteration, images, targets):
+        if iteration == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a batch scheduler or `kill` would
+        return real_step(self, iteration, images, targets)
+
+    monkeypatch.setattr(train_module.Trainer, "step", terminated_during_step_one)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="after step 2 of 4"):
+        fit(config, tmp_path / "b", progress=False)
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 2  # step 1 was finished
+    monkeypatch.setattr(train_module.Trainer, "step", real_step)
+    resumed = fit(None, tmp_path / "b", resume=True, progress=False)
+    assert resumed.steps == straight.steps == 4
+    a = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    for key, tensor in a.items():
+        assert torch.equal(tensor, b[key]), key
+
+
+def test_a_second_signal_stops_at_once_and_ignored_signals_stay_ignored():
+    request = train_module._StopRequest()
+    request(signal.SIGTERM, None)
+    assert request.requested
+    with pytest.raises(KeyboardInterrupt):
+        request(signal.SIGTERM, None)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
+    try:
+        with train_module._stop_on_signals() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_resume_with_more_steps_continues_a_finished_run(disk_dataset, tmp_path):

@@ -2,9 +2,10 @@
 
 A run folder holds ``config.json`` (everything needed to reproduce the run), ``split.json``,
 ``metrics.csv`` (one row per validation), ``last.pt`` (written atomically every
-``checkpoint_every`` steps and on Ctrl-C) and ``best.pt`` (highest validation detection F1). A batch
-depends only on the seed and the step number, so ``fit(..., resume=True)`` continues exactly
-where the run stopped: on CPU it ends with the same weights as an uninterrupted run.
+``checkpoint_every`` steps and when stopped by Ctrl-C or SIGTERM) and ``best.pt`` (highest
+validation detection F1). A batch depends only on the seed and the step number, so
+``fit(..., resume=True)`` continues exactly where the run stopped: on CPU it ends with the
+same weights as an uninterrupted run.
 
 Several GPUs (or CPU processes) train one model through PyTorch's own launcher: ``torchrun
 --nproc-per-node N -m pointcell.cli train ...`` runs the same command in N processes that
@@ -20,6 +21,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -169,7 +172,43 @@ class TrainResult:
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped by Ctrl-C after saving ``last.pt``."""
+    """Training stopped by Ctrl-C or SIGTERM after saving ``last.pt``."""
+
+
+class _StopRequest:
+    """Signal handler that asks training to stop after the step under way, so that ``last.pt``
+    is a step boundary and resuming repeats nothing; a second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step (signal %d); send it again to stop at once", signum)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    """Route Ctrl-C and SIGTERM (``kill``, batch schedulers, ``docker stop``) to a
+    :class:`_StopRequest` while training; signals the process ignores (``nohup``) stay ignored."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # only the main thread may set handlers; Ctrl-C still raises there
+        return
+    previous = {
+        number: signal.getsignal(number)
+        for number in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(number) is not signal.SIG_IGN
+    }
+    for number in previous:
+        signal.signal(number, request)
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:  # noqa: ANN001
@@ -254,6 +293,14 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True when ``flag`` is true in any process, so that all of them stop at one step."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([float(flag)], device=device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
 
 
 @contextlib.contextmanager
@@ -551,8 +598,9 @@ def fit(
 ) -> TrainResult:
     """Train (or, with ``resume``, continue training) and return where it ended.
 
-    A new run refuses a folder that already holds a checkpoint. Ctrl-C saves ``last.pt`` and
-    raises :class:`TrainingInterrupted`. ``steps`` with ``resume`` sets a new total, so that a
+    A new run refuses a folder that already holds a checkpoint. Ctrl-C or SIGTERM lets the
+    step under way finish, saves ``last.pt`` and raises :class:`TrainingInterrupted` (a second
+    one stops at once). ``steps`` with ``resume`` sets a new total, so that a
     finished run can be trained longer (the learning rate is constant, so this is the same as
     having asked for that many steps at the start).
     """
@@ -694,39 +742,47 @@ def _loop(
         if trainer.dist.is_main:
             save_checkpoint(path, trainer.state(at.step, total, at.best, at.elapsed_s, **extra))
 
-    try:
-        while at.step < total:
-            images, targets = sampler.batch(at.step)
-            for task, value in trainer.step(at.step, images, targets).items():
-                running[task].append(value)
-            at.step += 1
-            bar.update(1)
-            bar.set_postfix({t: f"{np.mean(v[-20:]):.3f}" for t, v in running.items() if v})
-            if at.step % config.val_every == 0 or at.step == total:
-                row = {"step": float(at.step), "elapsed_s": time.perf_counter() + offset}
-                row.update(
-                    {f"train_{t}": float(np.mean(v)) if v else math.nan for t, v in running.items()}
-                )
-                running = {task: [] for task in names}
-                if val_images:
-                    row.update(trainer.validate(val_images))
-                history.append(row)
-                if trainer.dist.is_main:
-                    _write_metrics(run_dir / "metrics.csv", history)
-                score = row.get(BEST_METRIC)
-                if score is not None and (at.best is None or score > at.best):
-                    at.best = score
-                    save(run_dir / "best.pt")
-            if config.snapshot_every and at.step % config.snapshot_every == 0:
-                save(run_dir / "snapshots" / f"step-{at.step:06d}.pt", weights_only=True)
-            if at.step % config.checkpoint_every == 0 or at.step == total:
-                save(run_dir / "last.pt")
-    except KeyboardInterrupt:
+    def record_validation() -> None:
+        nonlocal running
+        row = {"step": float(at.step), "elapsed_s": time.perf_counter() + offset}
+        row.update({f"train_{t}": float(np.mean(v)) if v else math.nan for t, v in running.items()})
+        running = {task: [] for task in names}
+        if val_images:
+            row.update(trainer.validate(val_images))
+        history.append(row)
+        if trainer.dist.is_main:
+            _write_metrics(run_dir / "metrics.csv", history)
+        score = row.get(BEST_METRIC)
+        if score is not None and (at.best is None or score > at.best):
+            at.best = score
+            save(run_dir / "best.pt")
+
+    def interrupted() -> TrainingInterrupted:
         save(run_dir / "last.pt")
-        raise TrainingInterrupted(
+        return TrainingInterrupted(
             f"interrupted after step {at.step} of {total}; continue with "
             f"`pointcell train --resume {run_dir}`"
-        ) from None
+        )
+
+    try:
+        with _stop_on_signals() as stop:
+            while at.step < total:
+                if trainer.dist.any(stop.requested, trainer.device):
+                    raise interrupted()
+                images, targets = sampler.batch(at.step)
+                for task, value in trainer.step(at.step, images, targets).items():
+                    running[task].append(value)
+                at.step += 1
+                bar.update(1)
+                bar.set_postfix({t: f"{np.mean(v[-20:]):.3f}" for t, v in running.items() if v})
+                if at.step % config.val_every == 0 or at.step == total:
+                    record_validation()
+                if config.snapshot_every and at.step % config.snapshot_every == 0:
+                    save(run_dir / "snapshots" / f"step-{at.step:06d}.pt", weights_only=True)
+                if at.step % config.checkpoint_every == 0 or at.step == total:
+                    save(run_dir / "last.pt")
+    except KeyboardInterrupt:
+        raise interrupted() from None
     finally:
         bar.close()
     if not val_images:
