@@ -8,12 +8,18 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pointcell import __version__
-from pointcell.encodings import EncodingParams
+from pointcell.encodings import ClusteringMode, EncodingParams, UnclickedMode
 from pointcell.errors import PointcellInputError
+
+if TYPE_CHECKING:  # the CLI imports torch only in the commands that need it
+    from pointcell.device import Precision
+    from pointcell.io.slides import SlideReader
+    from pointcell.postprocess import CentreMethod, InstanceMethod
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -142,8 +148,8 @@ def labels(
     out: Path,
     mpp: float | None,
     clip: bool,
-    clustering: str,
-    unclicked: str,
+    clustering: ClusteringMode,
+    unclicked: UnclickedMode,
     seed: int,
 ) -> None:
     """Encode point labels as Voronoi, cluster and repel label maps, with overlays."""
@@ -317,8 +323,8 @@ def train(
     working_mpp: float,
     mpp: float | None,
     clip: bool,
-    clustering: str,
-    unclicked: str,
+    clustering: ClusteringMode,
+    unclicked: UnclickedMode,
     seed: int,
     split_file: Path | None,
     val_every: int | None,
@@ -330,7 +336,7 @@ def train(
     scale_range: tuple[float, float],
     stain_scale: tuple[float, float],
     device: str,
-    precision: str,
+    precision: Precision,
     cache_dir: Path | None,
 ) -> None:
     """Train a U-Net on point labels (Voronoi, repel and cluster tasks; cell classes when the
@@ -491,11 +497,11 @@ def predict(
     images: tuple[Path, ...],
     out: Path,
     mpp: float | None,
-    instances: str | None,
+    instances: InstanceMethod | None,
     min_area_um2: float | None,
     min_distance_um: float | None,
     min_probability: float | None,
-    centre: str | None,
+    centre: CentreMethod | None,
     tta: bool,
     tile_size: int,
     overlap: int,
@@ -504,7 +510,7 @@ def predict(
     overlay: bool,
     roi: Path | None,
     slide_tile: int,
-    slide_reader: str,
+    slide_reader: SlideReader,
     gzip_geojson: bool,
     labels_zarr: bool,
     resume: bool,
@@ -512,7 +518,7 @@ def predict(
     cluster: str | None,
     workers: int | None,
     device: str,
-    precision: str,
+    precision: Precision,
 ) -> None:
     """Detect and segment nuclei with a trained model, in images or whole slides.
 
@@ -538,7 +544,7 @@ def predict(
     plain = [p for p in paths if p not in slides]
     rois = roi_for_images(roi, paths) if roi else {}
     predictor = load_predictor(model_path, device=device, precision=precision)
-    changes = {
+    changes: dict[str, Any] = {
         "instances": instances,
         "min_area_um2": min_area_um2,
         "min_distance_um": min_distance_um,
@@ -578,7 +584,7 @@ def predict(
             if s.class_counts:
                 counts = ", ".join(f"{k} {v}" for k, v in s.class_counts.items())
                 line = f"{s.stem}: {counts}"
-                if s.positive_percent is not None:
+                if s.positive_percent is not None and s.positive_ci is not None:
                     low, high = s.positive_ci
                     line += f"; positive {s.positive_percent:.1f}% (95% CI {low:.1f}-{high:.1f})"
                 click.echo(line)
@@ -589,7 +595,7 @@ def predict(
             network_overlap=overlap,
             batch_size=batch_size,
             tta=tta,
-            reader=slide_reader,  # type: ignore[arg-type]
+            reader=slide_reader,
         )
         slide_summaries = predict_slides(
             slides,
@@ -612,10 +618,10 @@ def predict(
         write_summary(out, predictor.source, {"slides": asdict(settings)}, slide_summaries)
         width = max(len(s.stem) for s in slide_summaries)
         click.echo(f"{'slide':<{width}}  tissue tiles    cells   wall s")
-        for s in slide_summaries:
+        for slide in slide_summaries:
             click.echo(
-                f"{s.stem:<{width}}  {s.n_tissue_tiles:5d}/{s.n_tiles:<6d} {s.n_cells:8d} "
-                f"{s.wall_s:8.1f}"
+                f"{slide.stem:<{width}}  {slide.n_tissue_tiles:5d}/{slide.n_tiles:<6d} "
+                f"{slide.n_cells:8d} {slide.wall_s:8.1f}"
             )
     click.echo(f"outputs in {out}")
 

@@ -303,7 +303,8 @@ class PatchSampler:
             alpha = rng.uniform(1 - jitter, 1 + jitter, size=(self.batch_size, 3))
             beta = rng.uniform(-jitter, jitter, size=(self.batch_size, 3))
             if strength != (1.0, 1.0):  # drawn only when asked: older runs keep their stream
-                alpha *= np.exp(rng.uniform(*np.log(strength), size=(self.batch_size, 1)))
+                low, high = np.log(strength)
+                alpha *= np.exp(rng.uniform(low, high, size=(self.batch_size, 1)))
             images = hed_jitter(np.stack([w[0] for w in windows]), alpha, beta)
             windows = [(image, *w[1:]) for image, w in zip(images, windows, strict=True)]
         return self.warp(windows, torch.from_numpy(thetas).float())

@@ -16,7 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from skimage.draw import polygon as fill_polygon
@@ -86,7 +86,7 @@ def read_ground_truth(path: Path, shape: tuple[int, int]) -> GroundTruth:
 @dataclass
 class EvaluationReport:
     per_image: dict[str, dict[str, float]] = field(default_factory=dict)
-    aggregate: dict[str, float | None] = field(default_factory=dict)
+    aggregate: dict[str, Any] = field(default_factory=dict)  # numbers, and lists for classes
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -150,7 +150,8 @@ def _match_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]]:
 class _TypedImage(NamedTuple):
     """What the class report needs of an image whose true points carry classes."""
 
-    truth: GroundTruth
+    true_xy: np.ndarray
+    true_classes: np.ndarray
     pred_xy: np.ndarray
     pred_classes: np.ndarray
     radius: float
@@ -192,7 +193,9 @@ def evaluate(
         counts_true.append(len(truth.points_xy))
         counts_pred.append(len(points))
         if truth.point_classes is not None and (truth.point_classes != "").any():
-            typed[stem] = _TypedImage(truth, points, pred_classes, radius, matched)
+            typed[stem] = _TypedImage(
+                truth.points_xy, truth.point_classes, points, pred_classes, radius, matched
+            )
     if not any((image.pred_classes != "").any() for image in typed.values()):
         typed = {}  # predictions without classes: detection metrics only
     for key in SEGMENTATION_KEYS:
@@ -232,14 +235,14 @@ def _check_offset(report: EvaluationReport, offsets: np.ndarray) -> None:
 def _class_report(report: EvaluationReport, typed: dict[str, _TypedImage]) -> None:
     """Per-class F_c, confusion matrix and macro/weighted F1 (pooled over images), and the
     positive percentage (e.g. Ki67 index) per image with its error and CCC across images."""
-    classes = sorted({str(n) for image in typed.values() for n in image.truth.point_classes} - {""})
+    classes = sorted({str(n) for image in typed.values() for n in image.true_classes} - {""})
     index = {name: i for i, name in enumerate(classes)}
     pooled = None
     true_index, pred_index = [], []
-    for stem, (truth, pred_xy, pred_names, radius, matched) in typed.items():
+    for stem, (true_xy, true_names, pred_xy, pred_names, radius, matched) in typed.items():
         counts = class_match_counts(
-            truth.points_xy,
-            [index.get(str(n), -1) for n in truth.point_classes],
+            true_xy,
+            [index.get(str(n), -1) for n in true_names],
             pred_xy,
             [index.get(str(n), -1) for n in pred_names],
             n_classes=len(classes),
@@ -248,7 +251,7 @@ def _class_report(report: EvaluationReport, typed: dict[str, _TypedImage]) -> No
         )
         pooled = counts if pooled is None else pooled + counts
         true_pct, pred_pct = (
-            positive_percentage(truth.point_classes),
+            positive_percentage(true_names),
             positive_percentage(pred_names),
         )
         if true_pct is not None and pred_pct is not None:
@@ -260,10 +263,10 @@ def _class_report(report: EvaluationReport, typed: dict[str, _TypedImage]) -> No
             true_index.append(true_pct)
             pred_index.append(pred_pct)
     assert pooled is not None
-    macro, weighted, matched = pooled.matched_f1()
+    macro, weighted, f1_matched = pooled.matched_f1()
     report.aggregate["classes"] = classes
     report.aggregate["class_fc"] = dict(zip(classes, map(float, pooled.class_f1()), strict=True))
-    report.aggregate["class_f1_matched"] = dict(zip(classes, map(float, matched), strict=True))
+    report.aggregate["class_f1_matched"] = dict(zip(classes, map(float, f1_matched), strict=True))
     report.aggregate["class_macro_f1"] = macro
     report.aggregate["class_weighted_f1"] = weighted
     report.aggregate["class_confusion"] = pooled.confusion.tolist()

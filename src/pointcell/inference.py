@@ -22,7 +22,7 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from pointcell.data import resample
-from pointcell.device import autocast_dtype, select_device
+from pointcell.device import Precision, autocast_dtype, select_device
 from pointcell.errors import PointcellInputError
 from pointcell.io.checkpoints import load_checkpoint
 from pointcell.model import (
@@ -73,7 +73,7 @@ def resolve_checkpoint(model: str | os.PathLike[str]) -> Path:
 
 
 def load_predictor(
-    model: str | os.PathLike[str], *, device: str = "auto", precision: str = "auto"
+    model: str | os.PathLike[str], *, device: str = "auto", precision: Precision = "auto"
 ) -> Predictor:
     """Load a checkpoint (file or run folder) for inference."""
     path = resolve_checkpoint(model)
@@ -85,7 +85,7 @@ def predictor_from_state(
     state: dict[str, Any],
     *,
     device: str = "auto",
-    precision: str = "auto",
+    precision: Precision = "auto",
     source: str = "<memory>",
 ) -> Predictor:
     try:
@@ -97,7 +97,7 @@ def predictor_from_state(
             f"{source}: checkpoint does not hold a usable model ({exc})"
         ) from exc
     chosen = select_device(device)
-    net.to(chosen, memory_format=torch.channels_last).eval()
+    net.to(chosen).to(memory_format=torch.channels_last).eval()
     post = PostprocessParams(**state.get("postprocess", {}))
     return Predictor(
         net,
@@ -188,8 +188,10 @@ def predict_maps(
         tensor = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
         tensor = tensor.to(predictor.device)
         symmetries = SQUARE_SYMMETRIES if tta else SQUARE_SYMMETRIES[:1]
-        maps = sum(_network_maps(predictor, tensor, *symmetry) for symmetry in symmetries)
-        maps = (maps / len(symmetries)).cpu().numpy()
+        summed = _network_maps(predictor, tensor, *symmetries[0])
+        for symmetry in symmetries[1:]:
+            summed = summed + _network_maps(predictor, tensor, *symmetry)
+        maps = (summed / len(symmetries)).cpu().numpy()
         for (y, x), tile_maps in zip(chunk, maps, strict=True):
             total[:, y : y + th, x : x + tw] += tile_maps * weight
             norm[y : y + th, x : x + tw] += weight

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from numba import njit
@@ -21,16 +22,18 @@ from numba import njit
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-def compiled(**options: object) -> Callable[[Callable], Callable]:
+def compiled(
+    *, fastmath: bool | set[str] = False, inline: Literal["never", "always"] = "never"
+) -> Callable[[Callable], Callable]:
     """``numba.njit`` (no GIL) with an on-disk cache where numba finds a writable folder for it
     (next to this file, or the user's cache); without one numba refuses ``cache=True`` at
     import, so the kernels are then compiled afresh in each process instead."""
 
     def decorate(function: Callable) -> Callable:
         try:
-            return njit(cache=True, nogil=True, **options)(function)
+            return njit(cache=True, nogil=True, fastmath=fastmath, inline=inline)(function)
         except RuntimeError:  # "cannot cache function ...: no locator available"
-            return njit(cache=False, nogil=True, **options)(function)
+            return njit(cache=False, nogil=True, fastmath=fastmath, inline=inline)(function)
 
     return decorate
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, astuple, dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
@@ -343,7 +344,7 @@ class Concordance:
     high: float
 
 
-def concordance(x: np.ndarray, y: np.ndarray, *, confidence: float = 0.95) -> Concordance:
+def concordance(x: npt.ArrayLike, y: npt.ArrayLike, *, confidence: float = 0.95) -> Concordance:
     """Lin's concordance correlation coefficient with its confidence interval (Lin 1989:
     asymptotic variance of the Fisher z-transform). Identical series give 1 with CI [1, 1]."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -434,9 +435,9 @@ class ClassMatchCounts:
 
 def class_match_counts(
     true_xy: np.ndarray,
-    true_class: np.ndarray,
+    true_class: npt.ArrayLike,
     pred_xy: np.ndarray,
-    pred_class: np.ndarray,
+    pred_class: npt.ArrayLike,
     *,
     n_classes: int,
     radius: float,

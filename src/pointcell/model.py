@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
@@ -43,7 +44,7 @@ class ModelConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> ModelConfig:
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return cls(
             encoder=str(data["encoder"]),
             decoder_channels=tuple(int(c) for c in data["decoder_channels"]),
@@ -111,11 +112,12 @@ def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> None
         raise PointcellInputError(f"{path}: expected a state dict, got {type(state).__name__}")
     state = {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    encoder = model.get_submodule("encoder")
     try:
-        model.encoder.load_state_dict(state, strict=True)
+        encoder.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise PointcellInputError(
-            f"{path}: weights do not fit the {type(model.encoder).__name__} encoder ({exc})"
+            f"{path}: weights do not fit the {type(encoder).__name__} encoder ({exc})"
         ) from exc
 
 

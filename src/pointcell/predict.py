@@ -7,11 +7,14 @@ import os
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import shapely
+from shapely.geometry import LinearRing
 from shapely.geometry.base import BaseGeometry
 from skimage.draw import polygon as fill_polygon
 from skimage.segmentation import find_boundaries
@@ -33,6 +36,9 @@ from pointcell.io.slides import SLIDE_SUFFIXES, slide_stem
 from pointcell.metrics import positive_percentage, proportion_ci
 from pointcell.overlay import draw_points
 from pointcell.postprocess import Cells, PostprocessParams, cells_within, classify, postprocess
+
+if TYPE_CHECKING:
+    from pointcell.wsi import SlideSummary
 
 SUMMARY_FILE = "predictions.json"
 INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
@@ -96,10 +102,15 @@ def region_mask(roi: BaseGeometry, shape: tuple[int, int]) -> np.ndarray:
     """The pixels whose centre lies in a (Multi)Polygon region, holes left out."""
     mask = np.zeros(shape, dtype=bool)
     for polygon in getattr(roi, "geoms", [roi]):
-        mask[fill_polygon(*np.asarray(polygon.exterior.coords)[:, ::-1].T, shape)] = True
+        mask[_ring_pixels(polygon.exterior, shape)] = True
         for hole in polygon.interiors:
-            mask[fill_polygon(*np.asarray(hole.coords)[:, ::-1].T, shape)] = False
+            mask[_ring_pixels(hole, shape)] = False
     return mask
+
+
+def _ring_pixels(ring: LinearRing, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    xy = np.asarray(ring.coords)
+    return fill_polygon(xy[:, 1], xy[:, 0], shape)
 
 
 def write_prediction(
@@ -126,13 +137,19 @@ def write_prediction(
         write_rgb_png(out / f"{stem}_overlay.png", drawn)
 
 
-def class_summary(names: list[str]) -> dict[str, object]:
+class ClassSummary(TypedDict, total=False):
+    class_counts: dict[str, int]
+    positive_percent: float  # positive / (positive + negative), in %
+    positive_ci: tuple[float, float]  # its 95% Wilson interval, in %
+
+
+def class_summary(names: list[str]) -> ClassSummary:
     """Cells per class and, when classes ``positive`` and ``negative`` exist, the positive
     percentage (e.g. the Ki67 index) with its 95% Wilson confidence interval."""
     if not names:
         return {}
     counts = dict(sorted(Counter(names).items()))
-    summary: dict[str, object] = {"class_counts": counts}
+    summary: ClassSummary = {"class_counts": counts}
     percent = positive_percentage(names)
     if percent is not None:
         positive = counts.get("positive", 0)
@@ -143,7 +160,10 @@ def class_summary(names: list[str]) -> dict[str, object]:
 
 
 def write_summary(
-    out: Path, source: str, settings: dict[str, object], summaries: list[PredictionSummary]
+    out: Path,
+    source: str,
+    settings: dict[str, object],
+    summaries: Sequence[PredictionSummary] | Sequence[SlideSummary],
 ) -> None:
     """``predictions.json``: what produced the folder, and per-image pixel sizes and timings;
     images predicted earlier into the same folder are kept."""

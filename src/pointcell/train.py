@@ -345,7 +345,7 @@ class Trainer:
             self.model.load_state_dict(
                 adapt_output_head(cast_state_to_float(initial_weights), self.model.state_dict())
             )
-        self.model.to(self.device, memory_format=torch.channels_last)
+        self.model.to(self.device).to(memory_format=torch.channels_last)
         # gradients flow through `trained` (the DDP wrapper when distributed) and are
         # averaged across processes; `model` is the plain network for eval and checkpoints
         self.trained: torch.nn.Module = self.model
@@ -525,7 +525,7 @@ def adapt_output_head(
 
 def discover_classes(images: list[PreparedImage]) -> tuple[str, ...]:
     """Sorted class names of the typed clicks of the training images."""
-    names = set()
+    names: set[str] = set()
     for img in images:
         names.update(str(n) for n in img.point_classes if n)
     return tuple(sorted(names))
@@ -675,10 +675,10 @@ def _fit(
     if not split["val"] and dist.is_main:
         log.warning("no validation images (fewer than 3 images); best.pt follows last.pt")
     initial = _initial_state(config) if state is None else None
-    if state is not None or initial is not None:
+    trained = state if state is not None else initial
+    if trained is not None:
         # resuming, or fine-tuning: keep the normalisation the weights were trained with
-        norm = (state or initial)["normalisation"]
-        mean, std = norm["mean"], norm["std"]
+        mean, std = trained["normalisation"]["mean"], trained["normalisation"]["std"]
     else:
         mean, std = channel_stats([img.image for img in train_images])
     trainer = Trainer(

@@ -43,6 +43,7 @@ from skimage.morphology import disk
 from skimage.transform import resize
 from tqdm.auto import tqdm
 
+from pointcell.device import Precision
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import Predictor, load_predictor, predict_maps
 from pointcell.io.atomic import atomic_output
@@ -100,7 +101,7 @@ class SlideJob:
     level: int
     model: str
     device: str
-    precision: str
+    precision: Precision
     params: PostprocessParams
     settings: SlideSettings
     parts: str
@@ -315,7 +316,7 @@ def owned_cells(
 
 
 def _class_of(cells: Cells, row: int, classes: tuple[str, ...]) -> tuple[str, float]:
-    if not classes or row < 0 or cells.class_index is None:
+    if not classes or row < 0 or cells.class_index is None or cells.class_probability is None:
         return "", 0.0
     return classes[cells.class_index[row]], round(float(cells.class_probability[row]), 4)
 
@@ -433,7 +434,7 @@ def _collect(
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_predictor(model: str, device: str, precision: str) -> Predictor:
+def _cached_predictor(model: str, device: str, precision: Precision) -> Predictor:
     return load_predictor(model, device=device, precision=precision)
 
 
@@ -623,7 +624,7 @@ def predict_slide(
     params: PostprocessParams | None = None,
     settings: SlideSettings = SlideSettings(),
     device: str = "auto",
-    precision: str = "auto",
+    precision: Precision = "auto",
     gzip_geojson: bool = False,
     resume: bool = False,
     overwrite: bool = False,
@@ -708,6 +709,7 @@ def predict_slide(
             bar.set_postfix(cells=found["cells"], refresh=False)
 
         if client is None:
+            assert predictor is not None  # loaded above for an in-process run
             times = _run_local(job, todo, predictor, slide, advance)
         else:
             times = _run_on_client(client, job, todo, group_size, advance)

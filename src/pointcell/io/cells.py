@@ -25,17 +25,27 @@ def cell_class_names(cells: Cells, classes: tuple[str, ...]) -> list[str] | None
     return [classes[i] for i in cells.class_index]
 
 
+def _names_and_probabilities(
+    cells: Cells, classes: tuple[str, ...]
+) -> tuple[list[str], np.ndarray] | None:
+    """Every cell's class name and class probability, or None for a model without classes."""
+    names = cell_class_names(cells, classes)
+    if names is None or cells.class_probability is None:
+        return None
+    return names, cells.class_probability
+
+
 def write_cells_csv(
     path: str | os.PathLike[str], cells: Cells, *, mpp: float, classes: tuple[str, ...] = ()
 ) -> None:
     """One row per detected cell: id, x, y, area_px, area_um2, score, instance, and for a
     classifying model class and class_probability."""
     areas = cells.areas()
-    names = cell_class_names(cells, classes)
+    typed = _names_and_probabilities(cells, classes)
     with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         header = ["id", "x", "y", "area_px", "area_um2", "score", "instance"]
-        writer.writerow(header + (["class", "class_probability"] if names else []))
+        writer.writerow(header + (["class", "class_probability"] if typed else []))
         for index, ((x, y), area, score, label) in enumerate(
             zip(cells.xy, areas, cells.score, cells.instance, strict=True), start=1
         ):
@@ -48,8 +58,9 @@ def write_cells_csv(
                 f"{score:.4f}",
                 int(label),
             ]
-            if names:
-                row += [names[index - 1], f"{cells.class_probability[index - 1]:.4f}"]
+            if typed:
+                names, probability = typed
+                row += [names[index - 1], f"{probability[index - 1]:.4f}"]
             writer.writerow(row)
 
 
@@ -115,13 +126,13 @@ def write_cells_geojson(
 ) -> None:
     """QuPath detections: one Polygon feature per instance with its centre, score and area,
     and its class (name and colour) for a classifying model."""
-    names = cell_class_names(cells, classes)
+    typed = _names_and_probabilities(cells, classes)
     outlines = instance_outlines(cells.labels)
     areas = np.bincount(cells.labels.ravel())
     best: dict[int, int] = {}
-    for row, label in enumerate(cells.instance):
-        if label and (label not in best or cells.score[row] > cells.score[best[label]]):
-            best[int(label)] = row
+    for index, label in enumerate(cells.instance):
+        if label and (label not in best or cells.score[index] > cells.score[best[label]]):
+            best[int(label)] = index
     features = []
     for label, outline in outlines.items():
         row = best.get(label)
@@ -132,10 +143,8 @@ def write_cells_geojson(
             area_px=float(areas[label]),
             area_um2=float(areas[label] * mpp * mpp),
             score=float(cells.score[row]) if row is not None else 0.0,
-            cell_class=names[row] if names and row is not None else CELL_CLASS,
-            class_probability=(
-                float(cells.class_probability[row]) if names and row is not None else None
-            ),
+            cell_class=typed[0][row] if typed and row is not None else CELL_CLASS,
+            class_probability=float(typed[1][row]) if typed and row is not None else None,
         )
         if feature is not None:
             features.append(feature)

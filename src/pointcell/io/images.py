@@ -74,7 +74,7 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
+        page = tif.pages.first
         pixels = page.asarray()
         return pixels, tiff_mpp(page)
 

@@ -175,9 +175,10 @@ def _feature_centres(feature: object, path: Path, index: int) -> list[tuple[floa
     kind = geometry.get("type")
     try:
         if kind == "Point":
-            centres = [tuple(map(float, geometry["coordinates"][:2]))]
+            x, y = geometry["coordinates"][:2]
+            centres = [(float(x), float(y))]
         elif kind == "MultiPoint":
-            centres = [tuple(map(float, c[:2])) for c in geometry["coordinates"]]
+            centres = [(float(c[0]), float(c[1])) for c in geometry["coordinates"]]
         elif kind in ("Polygon", "MultiPolygon"):
             centroid = shapely.geometry.shape(geometry).centroid
             centres = [(centroid.x, centroid.y)]
@@ -224,8 +225,8 @@ def _region_where(region: ET.Element, path: Path) -> str:
 def region_vertices(region: ET.Element, path: Path) -> np.ndarray:
     """(N, 2) vertices (x, y) of an Aperio XML region."""
     try:
-        xy = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
-    except (TypeError, ValueError) as exc:
+        xy = [(float(v.attrib["X"]), float(v.attrib["Y"])) for v in region.iter("Vertex")]
+    except (KeyError, ValueError) as exc:
         where = _region_where(region, path)
         raise PointcellInputError(f"{where}: vertex without numeric X/Y ({exc})") from exc
     return np.array(xy, dtype=np.float64).reshape(-1, 2)

@@ -54,7 +54,8 @@ def _read_geojson(path: Path) -> BaseGeometry:
 
 
 def _read_xml(path: Path) -> BaseGeometry:
-    kept, cut = [], []
+    kept: list[BaseGeometry] = []
+    cut: list[BaseGeometry] = []
     for region in read_xml_root(path).iter("Region"):
         vertices = region_vertices(region, path)
         if len(vertices) < 3:

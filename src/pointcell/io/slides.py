@@ -146,7 +146,7 @@ def open_slide(
             path=path,
             handle=handle,
             mpp=float(found),
-            level_dimensions=tuple(tuple(map(int, d)) for d in handle.level_dimensions),
+            level_dimensions=tuple((int(w), int(h)) for w, h in handle.level_dimensions),
             level_downsamples=tuple(float(d) for d in handle.level_downsamples),
         )
     except BaseException:
@@ -156,6 +156,7 @@ def open_slide(
 
 def _open_handle(path: Path, reader: str) -> Any:
     opener: Callable[[str], Any]
+    errors: tuple[type[BaseException], ...]
     if reader == "openslide":
         try:
             import openslide
@@ -185,7 +186,7 @@ def _slide_mpp(path: Path, handle: Any) -> float | None:
             return float(value)
     if path.suffix.lower() in (".tif", ".tiff"):  # OME-TIFF: PhysicalSizeX in the OME-XML
         with tifffile.TiffFile(path) as tif:
-            return tiff_mpp(tif.pages[0])
+            return tiff_mpp(tif.pages.first)
     return None
 
 
