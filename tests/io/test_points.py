@@ -119,6 +119,10 @@ def test_geojson_feature_list_as_older_qupath_exports(tmp_path):
             json.dumps([qupath_feature({"type": "Point", "coordinates": ["a"]})]),
             "feature 0: malformed Point",
         ),
+        (
+            json.dumps([qupath_feature({"type": "MultiPoint", "coordinates": [[1, 2], [3]]})]),
+            "feature 0: malformed MultiPoint",
+        ),
     ],
 )
 def test_geojson_errors_name_the_feature(tmp_path, content, message):
