@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from skimage.draw import polygon as fill_polygon
 
 from pointcell.data import point_class_names
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.atomic import atomic_output
+from pointcell.io.cells import polygon_pixels
 from pointcell.io.images import read_label_image
 from pointcell.io.points import instance_centroids, read_points, read_polygons
 from pointcell.metrics import (
@@ -57,8 +57,7 @@ def rasterise(outlines: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Instance labels from polygon outlines (x, y); later outlines overwrite earlier ones."""
     labels = np.zeros(shape, dtype=np.int32)
     for index, outline in enumerate(outlines, start=1):
-        rr, cc = fill_polygon(outline[:, 1], outline[:, 0], shape)
-        labels[rr, cc] = index
+        labels[polygon_pixels(outline, shape)] = index
     return labels
 
 

@@ -14,16 +14,19 @@ from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import shapely
-from shapely.geometry import LinearRing
 from shapely.geometry.base import BaseGeometry
-from skimage.draw import polygon as fill_polygon
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import Predictor, predict_image_maps
 from pointcell.io.atomic import atomic_output
-from pointcell.io.cells import cell_class_names, write_cells_csv, write_cells_geojson
+from pointcell.io.cells import (
+    cell_class_names,
+    polygon_pixels,
+    write_cells_csv,
+    write_cells_geojson,
+)
 from pointcell.io.images import (
     IMAGE_SUFFIXES,
     read_image,
@@ -102,15 +105,10 @@ def region_mask(roi: BaseGeometry, shape: tuple[int, int]) -> np.ndarray:
     """The pixels whose centre lies in a (Multi)Polygon region, holes left out."""
     mask = np.zeros(shape, dtype=bool)
     for polygon in getattr(roi, "geoms", [roi]):
-        mask[_ring_pixels(polygon.exterior, shape)] = True
+        mask[polygon_pixels(polygon.exterior.coords, shape)] = True
         for hole in polygon.interiors:
-            mask[_ring_pixels(hole, shape)] = False
+            mask[polygon_pixels(hole.coords, shape)] = False
     return mask
-
-
-def _ring_pixels(ring: LinearRing, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    xy = np.asarray(ring.coords)
-    return fill_polygon(xy[:, 1], xy[:, 0], shape)
 
 
 def write_prediction(

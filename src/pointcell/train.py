@@ -744,10 +744,10 @@ def _loop(
             save_checkpoint(path, trainer.state(at.step, total, at.best, at.elapsed_s, **extra))
 
     def record_validation() -> None:
-        nonlocal running
         row = {"step": float(at.step), "elapsed_s": time.perf_counter() + offset}
         row.update({f"train_{t}": float(np.mean(v)) if v else math.nan for t, v in running.items()})
-        running = {task: [] for task in names}
+        for values in running.values():
+            values.clear()
         if val_images:
             row.update(trainer.validate(val_images))
         history.append(row)

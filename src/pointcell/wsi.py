@@ -37,7 +37,6 @@ import shapely
 import torch
 from scipy import ndimage
 from shapely.geometry.base import BaseGeometry
-from skimage.draw import polygon as fill_polygon
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 from skimage.transform import resize
@@ -47,10 +46,14 @@ from pointcell.device import Precision
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import Predictor, load_predictor, predict_maps
 from pointcell.io.atomic import atomic_output
-from pointcell.io.cells import detection_feature, instance_outlines
+from pointcell.io.cells import (
+    cell_classes,
+    detection_feature,
+    instance_outlines,
+    polygon_pixels,
+)
 from pointcell.io.slides import Slide, SlideReader, open_slide, slide_stem
 from pointcell.postprocess import (
-    Cells,
     PostprocessParams,
     classify,
     fill_small_holes,
@@ -293,6 +296,7 @@ def owned_cells(
     best_row = np.full(n + 1, -1)
     order = np.argsort(cells.score)
     best_row[cells.instance[order]] = order
+    typed = cell_classes(cells, classes)
     outlines = instance_outlines(np.where(owned[labels], labels, 0))
     pixel_area0 = region.step[0] * region.step[1]
     result = []
@@ -309,16 +313,18 @@ def owned_cells(
                 round(float(area0 * level0_mpp**2), 3),
                 round(float(score[label]), 4),
                 np.round(region.to_level0(outline), 2).tolist(),
-                *_class_of(cells, int(best_row[label]), classes),
+                *_class_of(typed, int(best_row[label])),
             ]
         )
     return result
 
 
-def _class_of(cells: Cells, row: int, classes: tuple[str, ...]) -> tuple[str, float]:
-    if not classes or row < 0 or cells.class_index is None or cells.class_probability is None:
+def _class_of(typed: tuple[list[str], np.ndarray] | None, row: int) -> tuple[str, float]:
+    """Class name and probability of detection ``row`` (see :func:`cell_classes`)."""
+    if typed is None or row < 0:
         return "", 0.0
-    return classes[cells.class_index[row]], round(float(cells.class_probability[row]), 4)
+    names, probability = typed
+    return names[row], round(float(probability[row]), 4)
 
 
 # ---------------------------------------------------------------- streaming many tiles
@@ -512,9 +518,8 @@ def write_label_zarr(
                     continue
                 neighbour = (row + dr) * n_cols + col + dc
                 for k, outline in enumerate(drawable_outlines(neighbour), start=1):
-                    xy = np.asarray(outline)
-                    rr, cc = fill_polygon(xy[:, 1] - r0, xy[:, 0] - c0, window.shape)
-                    window[rr, cc] = offsets[neighbour] + k
+                    inside = polygon_pixels(np.asarray(outline) - (c0, r0), window.shape)
+                    window[inside] = offsets[neighbour] + k
         array[r0:r1, c0:c1] = window
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)

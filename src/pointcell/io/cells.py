@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 from scipy import ndimage
+from skimage.draw import polygon as fill_polygon
 from skimage.measure import find_contours
 
 from pointcell.io.atomic import atomic_output
@@ -25,9 +26,7 @@ def cell_class_names(cells: Cells, classes: tuple[str, ...]) -> list[str] | None
     return [classes[i] for i in cells.class_index]
 
 
-def _names_and_probabilities(
-    cells: Cells, classes: tuple[str, ...]
-) -> tuple[list[str], np.ndarray] | None:
+def cell_classes(cells: Cells, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray] | None:
     """Every cell's class name and class probability, or None for a model without classes."""
     names = cell_class_names(cells, classes)
     if names is None or cells.class_probability is None:
@@ -41,7 +40,7 @@ def write_cells_csv(
     """One row per detected cell: id, x, y, area_px, area_um2, score, instance, and for a
     classifying model class and class_probability."""
     areas = cells.areas()
-    typed = _names_and_probabilities(cells, classes)
+    typed = cell_classes(cells, classes)
     with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         header = ["id", "x", "y", "area_px", "area_um2", "score", "instance"]
@@ -62,6 +61,13 @@ def write_cells_csv(
                 names, probability = typed
                 row += [names[index - 1], f"{probability[index - 1]:.4f}"]
             writer.writerow(row)
+
+
+def polygon_pixels(xy: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pixels inside a polygon given by its (x, y) vertices, clipped to
+    ``shape``: the inverse of :func:`instance_outlines`."""
+    xy = np.asarray(xy, dtype=np.float64)
+    return fill_polygon(xy[:, 1], xy[:, 0], shape)
 
 
 def instance_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -126,7 +132,7 @@ def write_cells_geojson(
 ) -> None:
     """QuPath detections: one Polygon feature per instance with its centre, score and area,
     and its class (name and colour) for a classifying model."""
-    typed = _names_and_probabilities(cells, classes)
+    typed = cell_classes(cells, classes)
     outlines = instance_outlines(cells.labels)
     areas = np.bincount(cells.labels.ravel())
     best: dict[int, int] = {}
