@@ -57,8 +57,10 @@ def train(
     steps: int,
     hed_jitter: float = 0.05,
     extra: tuple[str, ...] = (),
+    init_from: str = "pointcell-he",
 ) -> Path:
-    """Train (or resume, extend, or reuse) a run fine-tuned from the shipped H&E model."""
+    """Train (or resume, extend, or reuse) a run fine-tuned from ``init_from`` (by default the
+    shipped H&E model)."""
     run = RUNS / name
     if (run / "last.pt").is_file():
         done, total = trained_steps(run)
@@ -79,7 +81,7 @@ def train(
         "--mpp", str(mpp),
         "--clip",  # real clicks: a few sit a fraction of a pixel past the image edge
         "--split", str(split_file),
-        "--init-from", "pointcell-he",
+        "--init-from", init_from,
         "--hed-jitter", str(hed_jitter),
         "--steps", str(steps),
         "--val-every", str(max(1, steps // 4)),
@@ -95,6 +97,13 @@ def trained_steps(run: Path) -> tuple[int, int]:
 
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     return int(state["step"]), int(state["total_steps"])
+
+
+def trained_steps_of(checkpoint: Path) -> int:
+    """Steps trained when ``checkpoint`` was written."""
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["step"])
 
 
 def predict_and_evaluate(
@@ -159,7 +168,7 @@ def zero_based_points(source: Path, target: Path) -> Path:
     return target
 
 
-def crchisto(steps: int, unclicked_steps: int) -> list[tuple[str, dict]]:
+def crchisto(steps: int, unclicked_steps: int, anneal_steps: int) -> list[tuple[str, dict]]:
     data = SHARED / "crchisto"
     published = json.loads((data / "split.json").read_text())
     split = {"train": published["train"], "val": published["validation"], "test": published["test"]}
@@ -185,6 +194,19 @@ def crchisto(steps: int, unclicked_steps: int) -> list[tuple[str, dict]]:
         out = RUNS / f"{name}-pred"
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
         outputs.append((f"pointcell ({label}; {trained_steps(run)[0]} steps)", out))
+    if anneal_steps:
+        # the constant-lr run's best checkpoint trained on with a learning rate that decays
+        # to zero (cosine): the same recipe, ending the way Ranger's authors end theirs
+        base = RUNS / "classes-crchisto" / "best.pt"
+        base_steps = trained_steps_of(base)
+        run = train(
+            "classes-crchisto-annealed", data / "images", gt, CRC_MPP, split, anneal_steps,
+            extra=("--lr-schedule", "flat-cosine", "--anneal-from", "0"), init_from=str(base),
+        )  # fmt: skip
+        out = RUNS / "classes-crchisto-annealed-pred"
+        predict_and_evaluate(run, test, gt, CRC_MPP, out)
+        label = f"HED jitter 0.05; {base_steps} steps, then {anneal_steps} with cosine-decayed lr"
+        outputs.append((f"pointcell ({label})", out))
     results = []
     for label, out in outputs:
         scores = json.loads((out / "evaluation.json").read_text())["aggregate"]
@@ -322,9 +344,11 @@ def run_line(command: str, start: float) -> str:
     return f"{provenance()}. Command: `{command}` ({minutes:.0f} min, 2 CPU cores{reused})."
 
 
-def crchisto_section(steps: int, unclicked_steps: int, command: str) -> list[str]:
+def crchisto_section(
+    steps: int, unclicked_steps: int, anneal_steps: int, command: str
+) -> list[str]:
     start = time.perf_counter()
-    rows = crchisto(steps, unclicked_steps)
+    rows = crchisto(steps, unclicked_steps, anneal_steps)
     return [
         f"{SECTIONS['crchisto']}, published test split ({CRC_MPP} µm/px, 70 train / 10 val / "
         "20 test images; unlabelled clicks count for detection only)",
@@ -386,6 +410,13 @@ def main() -> None:
         "--crchisto-steps; 0 leaves it out)",
     )
     parser.add_argument(
+        "--crchisto-anneal-steps",
+        type=int,
+        default=0,
+        help="steps of a CRCHisto variant that continues the best checkpoint of the main run "
+        "with a cosine-decayed learning rate (default 0: left out)",
+    )
+    parser.add_argument(
         "--parts",
         nargs="+",
         choices=sorted(SECTIONS),
@@ -403,7 +434,9 @@ def main() -> None:
         if part not in args.parts:
             lines += kept_section(previous, heading)
         elif part == "crchisto":
-            lines += crchisto_section(crc_steps, unclicked, command.strip())
+            lines += crchisto_section(
+                crc_steps, unclicked, args.crchisto_anneal_steps, command.strip()
+            )
         else:
             lines += shidc_section(args.steps, command.strip())
     write_result("classes.md", "\n".join(lines))

@@ -104,7 +104,7 @@ def test_train_and_resume_commands(tmp_path):
     data = write_disk_dataset(tmp_path / "data")
     args = tiny_train_args(data / "images", data / "points", tmp_path)
     args += ["--precision", "fp32", "--val-every", "1", "--scale-range", "0.5", "2"]
-    args += ["--stain-scale", "0.5", "1"]
+    args += ["--stain-scale", "0.5", "1", "--lr-schedule", "flat-cosine", "--anneal-from", "0.5"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "trained 2 steps" in result.output
@@ -112,6 +112,7 @@ def test_train_and_resume_commands(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["augment"]["scale_range"] == [0.5, 2.0]
     assert config["augment"]["stain_scale_range"] == [0.5, 1.0]
+    assert (config["lr_schedule"], config["anneal_from"]) == ("flat-cosine", 0.5)
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "already holds a run" in again.output
     resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "run")])

@@ -19,7 +19,14 @@ from pointcell.errors import PointcellInputError
 from pointcell.inference import load_predictor
 from pointcell.io.checkpoints import load_checkpoint
 from pointcell.model import ModelConfig
-from pointcell.train import TrainConfig, Trainer, TrainingInterrupted, fit, preset_config
+from pointcell.train import (
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    fit,
+    learning_rate,
+    preset_config,
+)
 
 SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16))
 
@@ -108,10 +115,10 @@ def test_resume_after_interrupt_gives_identical_weights(disk_dataset, tmp_path, 
     straight = fit(tiny_config(disk_dataset, tmp_path), tmp_path / "a", progress=False)
     real_step = train_module.Trainer.step
 
-    def interrupt_at_two(self, iteration, images, targets):
+    def interrupt_at_two(self, iteration, *args):
         if iteration == 2:
             raise KeyboardInterrupt
-        return real_step(self, iteration, images, targets)
+        return real_step(self, iteration, *args)
 
     monkeypatch.setattr(train_module.Trainer, "step", interrupt_at_two)
     with pytest.raises(TrainingInterrupted, match="after step 2 of 4.*--resume"):
@@ -135,10 +142,10 @@ def test_sigterm_finishes_the_step_saves_and_resumes_identically(
     straight = fit(config, tmp_path / "a", progress=False)
     real_step = train_module.Trainer.step
 
-    def terminated_during_step_one(self, iteration, images, targets):
+    def terminated_during_step_one(self, iteration, *args):
         if iteration == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # as a batch scheduler or `kill` would
-        return real_step(self, iteration, images, targets)
+        return real_step(self, iteration, *args)
 
     monkeypatch.setattr(train_module.Trainer, "step", terminated_during_step_one)
     handler_before = signal.getsignal(signal.SIGTERM)
@@ -261,6 +268,42 @@ def test_presets_and_config_validation():
         TrainConfig(images="i", points="p", steps=1, patch_size=250)
     with pytest.raises(ValueError, match="exactly one"):
         TrainConfig(images="i", points="p")
+    with pytest.raises(ValueError, match="anneal_from"):
+        TrainConfig(images="i", points="p", steps=1, lr_schedule="flat-cosine", anneal_from=1.0)
+
+
+def test_flat_cosine_keeps_the_rate_then_halves_it_midway_and_ends_near_zero():
+    rates = [learning_rate(s, 100, 1e-3, "flat-cosine", 0.6) for s in range(100)]
+    assert rates[:60] == [1e-3] * 60
+    assert rates[80] == pytest.approx(0.5e-3)  # half way through the 40 decaying steps
+    assert 0 < rates[99] < 1e-5
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:], strict=False))
+    assert learning_rate(99, 100, 1e-3, "constant", 0.6) == 1e-3
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(0, 100, 1e-3, "linear", 0.6)  # type: ignore[arg-type]
+
+
+def test_training_steps_use_the_scheduled_rate(disk_dataset, tmp_path, monkeypatch):
+    """The loop hands every step its rate, and the optimizer applies it: at rate 0 no
+    parameter moves."""
+    config = tiny_config(
+        disk_dataset, tmp_path, optimizer="adam", lr_schedule="flat-cosine", anneal_from=0.5
+    )
+    seen = []
+    real_step = train_module.Trainer.step
+
+    def record(self, iteration, images, targets, lr):
+        seen.append(lr)
+        before = [p.detach().clone() for p in self.model.parameters()]
+        losses = real_step(self, iteration, images, targets, 0.0 if iteration == 3 else lr)
+        after = list(self.model.parameters())
+        moved = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        assert moved == (iteration != 3)
+        return losses
+
+    monkeypatch.setattr(train_module.Trainer, "step", record)
+    fit(config, tmp_path / "run", progress=False)
+    assert seen == pytest.approx([1e-3, 1e-3, 1e-3, 0.5e-3])
 
 
 def test_distributed_settings_come_from_torchrun_variables(monkeypatch):

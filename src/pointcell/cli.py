@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the CLI imports torch only in the commands that need it
     from pointcell.device import Precision
     from pointcell.io.slides import SlideReader
     from pointcell.postprocess import CentreMethod, InstanceMethod
+    from pointcell.train import LrSchedule
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -241,6 +242,20 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
 )
 @click.option("--optimizer", type=click.Choice(["ranger", "adam"]), help="Default: ranger.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default: 1e-3.")
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "flat-cosine"]),
+    default="constant",
+    show_default=True,
+    help="constant (the paper's) or flat-cosine: full lr, then a half-cosine decay to zero.",
+)
+@click.option(
+    "--anneal-from",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.72,
+    show_default=True,
+    help="flat-cosine: share of the steps before the decay starts (0: decay throughout).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: 8.")
 @click.option("--patch-size", type=click.IntRange(min=32), help="Default: 256.")
 @click.option(
@@ -319,6 +334,8 @@ def train(
     tasks_mode: str,
     optimizer: str | None,
     lr: float | None,
+    lr_schedule: LrSchedule,
+    anneal_from: float,
     batch_size: int | None,
     patch_size: int | None,
     working_mpp: float,
@@ -364,6 +381,8 @@ def train(
                 "tasks_mode": tasks_mode,
                 "optimizer": optimizer,
                 "lr": lr,
+                "lr_schedule": lr_schedule,
+                "anneal_from": anneal_from,
                 "batch_size": batch_size,
                 "patch_size": patch_size,
                 "working_mpp": working_mpp,

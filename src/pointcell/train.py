@@ -58,6 +58,7 @@ from pointcell.postprocess import PostprocessParams, postprocess
 from pointcell.pretrained import cast_state_to_float
 
 log = logging.getLogger(__name__)
+LrSchedule = Literal["constant", "flat-cosine"]
 VALIDATION_RADIUS_UM = 3.0
 BEST_METRIC = "val_det_f1"  # best.pt: highest detection F1 on the validation clicks
 
@@ -79,6 +80,8 @@ class TrainConfig:
     tasks_mode: TasksMode = "scheduler"
     optimizer: Literal["ranger", "adam"] = "ranger"
     lr: float = 1e-3
+    lr_schedule: LrSchedule = "constant"
+    anneal_from: float = 0.72  # flat-cosine: share of the steps at full lr before the decay
     batch_size: int = 8
     patch_size: int = 256  # the paper's 250, rounded up to a multiple of the encoder stride
     steps: int | None = None
@@ -105,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"patch_size must be a multiple of {ENCODER_STRIDE}")
         if self.batch_size < 1 or self.lr <= 0 or self.val_every < 1 or self.checkpoint_every < 1:
             raise ValueError("batch_size, lr, val_every and checkpoint_every must be positive")
+        if not 0 <= self.anneal_from < 1:
+            raise ValueError(f"anneal_from must be in [0, 1), got {self.anneal_from}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -221,6 +226,23 @@ def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:  
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr)
     raise ValueError(f"optimizer must be ranger or adam, got {name!r}")
+
+
+def learning_rate(
+    step: int, total: int, base: float, schedule: LrSchedule, anneal_from: float
+) -> float:
+    """Learning rate of step ``step`` (counted from 0) of ``total``. "flat-cosine" keeps
+    ``base`` for the first ``anneal_from`` share of the steps, then decays it to zero along a
+    half cosine (the schedule Ranger's authors train with); "constant" is the paper's."""
+    if schedule == "constant":
+        return base
+    if schedule != "flat-cosine":
+        raise ValueError(f"lr schedule must be constant or flat-cosine, got {schedule!r}")
+    start = anneal_from * total
+    if step < start:
+        return base
+    progress = (step - start) / (total - start)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def default_cache_dir() -> Path:
@@ -370,9 +392,16 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def step(
-        self, iteration: int, images: torch.Tensor, targets: dict[str, torch.Tensor]
+        self,
+        iteration: int,
+        images: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        lr: float | None = None,
     ) -> dict[str, float]:
-        """One optimisation step on the tasks the combiner selects for ``iteration``."""
+        """One optimisation step on the tasks the combiner selects for ``iteration``, at
+        learning rate ``lr`` (default: the config's)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr if lr is None else lr
         self.trained.train()
         images = images.to(self.device, memory_format=torch.channels_last)
         targets = {k: v.to(self.device) for k, v in targets.items()}
@@ -602,8 +631,9 @@ def fit(
     A new run refuses a folder that already holds a checkpoint. Ctrl-C or SIGTERM lets the
     step under way finish, saves ``last.pt`` and raises :class:`TrainingInterrupted` (a second
     one stops at once). ``steps`` with ``resume`` sets a new total, so that a
-    finished run can be trained longer (the learning rate is constant, so this is the same as
-    having asked for that many steps at the start).
+    finished run can be trained longer: with the constant learning rate this is the same as
+    having asked for that many steps at the start; a flat-cosine schedule is stretched over the
+    new total, so the learning rate goes back up.
     """
     dist = Distributed.from_environment()
     with distributed_context(dist, (config.device if config else "auto")) as device:
@@ -771,7 +801,10 @@ def _loop(
                 if trainer.dist.any(stop.requested, trainer.device):
                     raise interrupted()
                 images, targets = sampler.batch(at.step)
-                for task, value in trainer.step(at.step, images, targets).items():
+                lr = learning_rate(
+                    at.step, total, config.lr, config.lr_schedule, config.anneal_from
+                )
+                for task, value in trainer.step(at.step, images, targets, lr).items():
                     running[task].append(value)
                 at.step += 1
                 bar.update(1)
