@@ -283,7 +283,7 @@ def test_flat_cosine_keeps_the_rate_then_halves_it_midway_and_ends_near_zero():
         learning_rate(0, 100, 1e-3, "linear", 0.6)  # type: ignore[arg-type]
 
 
-def test_training_steps_use_the_scheduled_rate(disk_dataset, tmp_path, monkeypatch):
+def test_training_steps_use_the_scheduled_rate(disk_dataset, tmp_path, monkeypatch, caplog):
     """The loop hands every step its rate, and the optimizer applies it: at rate 0 no
     parameter moves."""
     config = tiny_config(
@@ -304,6 +304,10 @@ def test_training_steps_use_the_scheduled_rate(disk_dataset, tmp_path, monkeypat
     monkeypatch.setattr(train_module.Trainer, "step", record)
     fit(config, tmp_path / "run", progress=False)
     assert seen == pytest.approx([1e-3, 1e-3, 1e-3, 0.5e-3])
+    with caplog.at_level("WARNING", logger="pointcell.train"):
+        fit(None, tmp_path / "run", resume=True, steps=5, progress=False)
+    assert "stretched over the new total of 5 steps" in caplog.text
+    assert seen[-1] == pytest.approx(learning_rate(4, 5, 1e-3, "flat-cosine", 0.5))
 
 
 def test_distributed_settings_come_from_torchrun_variables(monkeypatch):

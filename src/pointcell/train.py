@@ -669,6 +669,13 @@ def _fit(
                     f"--steps must be more to train it longer (got {steps})"
                 )
             config = replace(config, steps=steps, epochs=None)
+            if config.lr_schedule != "constant":
+                log.warning(
+                    "the %s learning-rate schedule is stretched over the new total of %d "
+                    "steps: the rate goes back up",
+                    config.lr_schedule,
+                    steps,
+                )
     elif config is None:
         raise ValueError("a new run needs a config")
     elif (run_dir / "last.pt").exists():
