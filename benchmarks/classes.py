@@ -99,6 +99,11 @@ def trained_steps(run: Path) -> tuple[int, int]:
     return int(state["step"]), int(state["total_steps"])
 
 
+def best_step(run: Path) -> int:
+    """Step of a run's ``best.pt``, the weights its predictions use."""
+    return trained_steps_of(run / "best.pt")
+
+
 def trained_steps_of(checkpoint: Path) -> int:
     """Steps trained when ``checkpoint`` was written."""
     import torch
@@ -193,7 +198,8 @@ def crchisto(steps: int, unclicked_steps: int, anneal_steps: int) -> list[tuple[
         run = train(name, data / "images", gt, CRC_MPP, split, length, extra=extra)
         out = RUNS / f"{name}-pred"
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
-        outputs.append((f"pointcell ({label}; {trained_steps(run)[0]} steps)", out))
+        steps_label = f"{trained_steps(run)[0]} steps, kept: step {best_step(run)}"
+        outputs.append((f"pointcell ({label}; {steps_label})", out))
     if anneal_steps:
         # the constant-lr run's best checkpoint trained on with a learning rate that decays
         # to zero (cosine): the same recipe, ending the way Ranger's authors end theirs
@@ -205,7 +211,10 @@ def crchisto(steps: int, unclicked_steps: int, anneal_steps: int) -> list[tuple[
         )  # fmt: skip
         out = RUNS / "classes-crchisto-annealed-pred"
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
-        label = f"HED jitter 0.05; {base_steps} steps, then {anneal_steps} with cosine-decayed lr"
+        label = (
+            f"HED jitter 0.05; {base_steps} steps, then {anneal_steps} with cosine-decayed lr, "
+            f"kept: step {base_steps} + {best_step(run)}"
+        )
         outputs.append((f"pointcell ({label})", out))
     results = []
     for label, out in outputs:
