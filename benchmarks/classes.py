@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, RESULTS, SHARED, provenance, write_result  # noqa: E402
 from pointcell.baseline import WatershedParams, hematoxylin_watershed, mean_dab, tune_dab_threshold  # noqa: E402
+from pointcell.io.checkpoints import load_checkpoint  # noqa: E402
 from pointcell.io.images import read_image  # noqa: E402
 from pointcell.io.points import Points, read_points, write_points_csv  # noqa: E402
 from pointcell.metrics import match_points  # noqa: E402
@@ -93,22 +94,13 @@ def train(
 
 def trained_steps(run: Path) -> tuple[int, int]:
     """(steps done, steps planned) of a run."""
-    import torch
-
-    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(run / "last.pt")
     return int(state["step"]), int(state["total_steps"])
 
 
 def best_step(run: Path) -> int:
     """Step of a run's ``best.pt``, the weights its predictions use."""
-    return trained_steps_of(run / "best.pt")
-
-
-def trained_steps_of(checkpoint: Path) -> int:
-    """Steps trained when ``checkpoint`` was written."""
-    import torch
-
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["step"])
+    return int(load_checkpoint(run / "best.pt")["step"])
 
 
 def predict_and_evaluate(
@@ -203,11 +195,12 @@ def crchisto(steps: int, unclicked_steps: int, anneal_steps: int) -> list[tuple[
     if anneal_steps:
         # the constant-lr run's best checkpoint trained on with a learning rate that decays
         # to zero (cosine): the same recipe, ending the way Ranger's authors end theirs
-        base = RUNS / "classes-crchisto" / "best.pt"
-        base_steps = trained_steps_of(base)
+        base = RUNS / "classes-crchisto"
+        base_steps = best_step(base)
         run = train(
             "classes-crchisto-annealed", data / "images", gt, CRC_MPP, split, anneal_steps,
-            extra=("--lr-schedule", "flat-cosine", "--anneal-from", "0"), init_from=str(base),
+            extra=("--lr-schedule", "flat-cosine", "--anneal-from", "0"),
+            init_from=str(base / "best.pt"),
         )  # fmt: skip
         out = RUNS / "classes-crchisto-annealed-pred"
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
