@@ -138,6 +138,10 @@ def test_train_needs_inputs_or_resume(tmp_path):
         ],
     )
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
+    common = ["train", "--images", str(tmp_path), "--points", str(tmp_path), "--out"]
+    typo = CliRunner().invoke(main, [*common, str(tmp_path / "t"), "--tasks", "voronoi,edges"])
+    assert typo.exit_code == 2 and "tasks must be a non-empty subset" in typo.output
+    assert not (tmp_path / "t").exists()  # refused before any encoding or run folder
     reversed_zoom = CliRunner().invoke(main, ["train", "--scale-range", "2", "0.5"])
     assert reversed_zoom.exit_code == 2 and "MIN must not exceed MAX" in reversed_zoom.output
 

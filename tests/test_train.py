@@ -270,6 +270,11 @@ def test_presets_and_config_validation():
         TrainConfig(images="i", points="p")
     with pytest.raises(ValueError, match="anneal_from"):
         TrainConfig(images="i", points="p", steps=1, lr_schedule="flat-cosine", anneal_from=1.0)
+    for bad in ({"optimizer": "sgd"}, {"lr_schedule": "linear"}, {"tasks_mode": "max"}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be one of"):
+            TrainConfig(images="i", points="p", steps=1, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tasks must be"):
+        TrainConfig(images="i", points="p", steps=1, tasks=("voronoi", "edges"))
 
 
 def test_flat_cosine_keeps_the_rate_then_halves_it_midway_and_ends_near_zero():

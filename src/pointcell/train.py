@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ from pointcell.pretrained import cast_state_to_float
 
 log = logging.getLogger(__name__)
 LrSchedule = Literal["constant", "flat-cosine"]
+OptimizerName = Literal["ranger", "adam"]
 VALIDATION_RADIUS_UM = 3.0
 BEST_METRIC = "val_det_f1"  # best.pt: highest detection F1 on the validation clicks
 
@@ -78,7 +79,7 @@ class TrainConfig:
     clip: bool = False
     tasks: tuple[str, ...] = TASKS
     tasks_mode: TasksMode = "scheduler"
-    optimizer: Literal["ranger", "adam"] = "ranger"
+    optimizer: OptimizerName = "ranger"
     lr: float = 1e-3
     lr_schedule: LrSchedule = "constant"
     anneal_from: float = 0.72  # flat-cosine: share of the steps at full lr before the decay
@@ -110,6 +111,16 @@ class TrainConfig:
             raise ValueError("batch_size, lr, val_every and checkpoint_every must be positive")
         if not 0 <= self.anneal_from < 1:
             raise ValueError(f"anneal_from must be in [0, 1), got {self.anneal_from}")
+        # names are checked here, not at the first step after minutes of encoding
+        for name, value, allowed in (
+            ("optimizer", self.optimizer, get_args(OptimizerName)),
+            ("lr_schedule", self.lr_schedule, get_args(LrSchedule)),
+            ("tasks_mode", self.tasks_mode, get_args(TasksMode)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not self.tasks or set(self.tasks) - set(TASKS):
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
