@@ -105,6 +105,7 @@ def test_train_and_resume_commands(tmp_path):
     args = tiny_train_args(data / "images", data / "points", tmp_path)
     args += ["--precision", "fp32", "--val-every", "1", "--scale-range", "0.5", "2"]
     args += ["--stain-scale", "0.5", "1", "--lr-schedule", "flat-cosine", "--anneal-from", "0.5"]
+    args += ["--detection-head"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "trained 2 steps" in result.output
@@ -113,10 +114,19 @@ def test_train_and_resume_commands(tmp_path):
     assert config["augment"]["scale_range"] == [0.5, 2.0]
     assert config["augment"]["stain_scale_range"] == [0.5, 1.0]
     assert (config["lr_schedule"], config["anneal_from"]) == ("flat-cosine", 0.5)
+    assert config["model"]["detection_head"] is True
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "already holds a run" in again.output
     resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "run")])
     assert resumed.exit_code == 0 and "trained 2 steps" in resumed.output
+    out = tmp_path / "pred"
+    predict = ["predict", "--model", str(tmp_path / "run" / "last.pt"), "--out", str(out)]
+    predicted = CliRunner().invoke(
+        main, [*predict, "--images", str(data / "images"), "--min-proximity", "0.01"]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    record = json.loads((out / "predictions.json").read_text())
+    assert record["postprocess"]["min_proximity"] == 0.01
 
 
 def test_train_needs_inputs_or_resume(tmp_path):

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,10 @@ from pointcell.data import (
     PreparedImage,
     channel_stats,
     prepare_image,
+    proximity_target,
     resample,
     split_stems,
+    with_proximity,
 )
 from pointcell.encodings import IGNORE, EncodingParams
 from pointcell.io.pairing import pair_images_with_points
@@ -176,3 +180,29 @@ def test_stain_scale_makes_patches_paler_by_the_drawn_factor():
     density = rgb2hed(np.clip(pixels, 0, 255).astype(np.uint8)[0, 16, 16][None, None])[0, 0]
     original = rgb2hed(colour[None, None])[0, 0]
     np.testing.assert_allclose(density, 0.5 * original, atol=0.01)
+
+
+def test_proximity_target_is_a_cut_gaussian_of_the_distance_to_the_nearest_click():
+    target = proximity_target((20, 30), np.array([[5.0, 10.0], [20.0, 10.0]]), sigma_px=3.0)
+    assert target[10, 5] == pytest.approx(1.0) and target[10, 20] == pytest.approx(1.0)
+    assert target[13, 5] == pytest.approx(np.exp(-0.5))  # one sigma below the click
+    assert target[10, 11] == pytest.approx(np.exp(-(6**2) / 18))  # the nearer click counts
+    assert target[10, 14] == pytest.approx(np.exp(-(6**2) / 18))
+    assert target[10, 12] == pytest.approx(np.exp(-(7**2) / 18)) == target[10, 13]
+    assert target[19, 12] == 0.0  # more than 3 sigma from every click
+    assert proximity_target((4, 4), np.zeros((0, 2)), sigma_px=2.0).max() == 0.0
+
+
+def test_sampled_proximity_follows_the_pixels():
+    img = labelled_image()
+    img = with_proximity(replace(img, repel=np.zeros_like(img.repel)), sigma_px=3.0)
+    exact = AugmentParams(max_rotation_deg=0, scale_range=(1, 1), max_shear_deg=0)
+    sampler = PatchSampler(
+        [img], patch_size=32, batch_size=16, mean=[0, 0, 0], std=[1, 1, 1], augment=exact, seed=0
+    )
+    _, targets = sampler.batch(3)
+    # the click at (15, 20) lies in the red cluster square: proximity 1 only on red pixels
+    peaks = targets["proximity"] > 0.999
+    assert peaks.sum() > 0
+    assert torch.equal(targets["cluster"][peaks], torch.ones(int(peaks.sum()), dtype=torch.long))
+    assert targets["repel"].abs().max() == 0  # the two smooth targets do not mix

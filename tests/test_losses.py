@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 
 from pointcell.encodings import IGNORE
-from pointcell.losses import TaskCombiner, labelled_cross_entropy, repel_loss
+from pointcell.losses import TaskCombiner, labelled_cross_entropy, proximity_loss, repel_loss
 
 
 def test_scheduler_follows_the_paper_order():
@@ -68,3 +70,20 @@ def test_repel_loss_is_mse_on_nucleus_probability():
     logits = torch.zeros(1, 2, 2, 2)  # softmax -> 0.5 everywhere
     target = torch.tensor([[[0.5, 1.0], [0.0, 0.5]]])
     assert float(repel_loss(logits, target)) == pytest.approx((0.25 + 0.25) / 4)
+
+
+def test_proximity_loss_is_binary_cross_entropy_on_the_soft_target():
+    logit = torch.tensor([[[0.0, 2.0]]])
+    target = torch.tensor([[[0.5, 1.0]]])
+    expected = (-math.log(0.5) - math.log(1 / (1 + math.exp(-2.0)))) / 2
+    assert float(proximity_loss(logit, target)) == pytest.approx(expected)
+
+
+def test_uncertainty_adds_class_and_proximity_losses_unweighted():
+    combiner = TaskCombiner("uncertainty", ["voronoi"])
+    losses = {
+        "voronoi": torch.tensor(2.0),
+        "class": torch.tensor(3.0),
+        "proximity": torch.tensor(5.0),
+    }
+    assert float(combiner(losses)) == pytest.approx(2.0 + 3.0 + 5.0)  # log-variance 0: weight 1

@@ -3,7 +3,13 @@ import torch
 
 from pointcell import model as model_module
 from pointcell.errors import PointcellInputError
-from pointcell.model import ModelConfig, build_model, load_encoder_weights
+from pointcell.model import (
+    PROXIMITY_PRIOR,
+    ModelConfig,
+    build_model,
+    load_encoder_weights,
+    split_proximity,
+)
 
 SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16))
 
@@ -62,3 +68,26 @@ def test_imagenet_offline_explains_the_local_file_option(monkeypatch):
     monkeypatch.setattr(model_module, "_unet", offline)
     with pytest.raises(PointcellInputError, match="--encoder-weights /path/to/weights.pth"):
         build_model(SMALL, encoder_weights="imagenet")
+
+
+def test_detection_head_adds_a_last_proximity_channel_starting_at_the_prior():
+    config = ModelConfig(
+        encoder="resnet18",
+        decoder_channels=(16, 16, 16, 16, 16),
+        classes=("a", "b"),
+        detection_head=True,
+    )
+    torch.manual_seed(0)
+    net = build_model(config).eval()
+    with torch.no_grad():
+        logits = net(torch.zeros(1, 3, 64, 64))
+    assert logits.shape == (1, 5, 64, 64)  # background, nucleus, a, b, proximity
+    segmentation, proximity = split_proximity(logits, config)
+    assert segmentation.shape == (1, 4, 64, 64) and proximity.shape == (1, 64, 64)
+    assert torch.sigmoid(proximity).mean() == pytest.approx(PROXIMITY_PRIOR, abs=0.01)
+    assert torch.equal(split_proximity(logits, SMALL)[0], logits)  # no head: nothing split
+    assert split_proximity(logits, SMALL)[1] is None
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert ModelConfig.from_dict({"encoder": "resnet18", "decoder_channels": [16]}) == (
+        ModelConfig(encoder="resnet18", decoder_channels=(16,))  # older checkpoints: no head
+    )

@@ -7,6 +7,7 @@ from scipy import ndimage
 
 from pointcell.postprocess import (
     PostprocessParams,
+    add_disks,
     cells_within,
     detect,
     instance_centroids,
@@ -186,3 +187,36 @@ def test_cells_within_a_region_keep_their_whole_nucleus_and_class():
     assert (cells.labels == first)[:, 24:].any()
     nothing = cells_within(cells, shapely.box(70, 0, 80, 10))
     assert len(nothing.xy) == 0 and nothing.labels.max() == 0
+
+
+def test_proximity_peaks_choose_split_and_add_cells():
+    nuclei = blobs([(30, 20), (30, 30), (30, 65)])  # two touching nuclei and a lone one
+    proximity = blobs([(30, 20), (30, 30), (10, 50)], sigma=2.0) / 0.95  # peaks of 1
+    proximity = np.maximum(proximity, 0.1 * blobs([(50, 10)], sigma=2.0) / 0.95)  # too low
+    params = PostprocessParams(min_area_um2=0, min_proximity=0.15)
+    cells = postprocess(nuclei, mpp=0.5, params=params, proximity=proximity)
+    order = np.lexsort((cells.xy[:, 0], cells.xy[:, 1]))
+    assert cells.xy[order].tolist() == [[50, 10], [20, 30], [30, 30]]  # centres at the peaks
+    assert cells.score[order] == pytest.approx([1, 1, 1], abs=1e-6)
+    assert sorted(cells.instance.tolist()) == [1, 2, 3]  # one instance each, nothing else
+    assert cells.labels.max() == 3 and not cells.labels[30, 65]  # the unclicked-like nucleus
+    assert cells.labels[30, 18] != cells.labels[30, 32]  # the touching pair is split
+    faint = cells.labels == cells.instance[order[0]]  # the peak on background: a disk of 2 µm
+    assert faint.sum() == np.count_nonzero(np.hypot(*np.mgrid[-4:5, -4:5]) <= 4)
+
+
+def test_proximity_peaks_respect_the_minimum_distance():
+    proximity = blobs([(30, 20), (30, 23)], sigma=1.0) / 0.95  # two peaks 1.5 µm apart
+    cells = postprocess(
+        np.zeros_like(proximity), mpp=0.5, params=PostprocessParams(), proximity=proximity
+    )
+    assert len(cells.xy) == 1
+
+
+def test_disks_grow_only_on_background_and_split_between_neighbours():
+    labels = np.zeros((10, 20), np.int32)
+    labels[:, :3] = 1
+    grown = add_disks(labels, np.array([[5, 3], [5, 9], [5, 12], [0, 0]]), radius_px=2.0)
+    assert grown[5, 3] == 2 and grown[5, 1] == 1  # (0, 0) was taken: no disk for it
+    assert grown[5, 9] == 3 and grown[5, 12] == 4 and grown[5, 10] == 3 and grown[5, 11] == 4
+    assert grown.max() == 4 and grown[5, 15] == 0

@@ -13,12 +13,14 @@ from pointcell.data import (
     PreparedImage,
     channel_stats,
     point_class_names,
+    with_proximity,
 )
 from pointcell.encodings import encode
 from pointcell.errors import PointcellInputError
-from pointcell.inference import load_predictor
+from pointcell.inference import cells_from_maps, load_predictor, predict_maps
 from pointcell.io.checkpoints import load_checkpoint
-from pointcell.model import ModelConfig
+from pointcell.metrics import detection_scores
+from pointcell.model import ModelConfig, build_model
 from pointcell.train import (
     TrainConfig,
     Trainer,
@@ -373,3 +375,71 @@ def test_torchrun_trains_one_model_in_two_processes(disk_dataset, tmp_path):
     assert done.stdout.count("trained 3 steps") == 1
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["world_size"] == 2 and state["step"] == 3
+
+
+HEAD = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16), detection_head=True)
+
+
+def test_a_detection_head_learns_to_find_the_clicks_of_one_patch():
+    """60 Adam steps on one 64x64 tile: the proximity loss falls and the peaks of the
+    proximity map are the four clicks (measured: proximity loss 0.055 -> 0.041, 4 of 4
+    within 1.5 px)."""
+    tile = make_disks([(16, 16), (44, 20), (24, 46), (48, 48)], shape=(64, 64), mpp=0.5)
+    enc = encode(tile.image, tile.centres_xy, mpp=0.5)
+    image = PreparedImage(
+        "one",
+        tile.image,
+        enc.voronoi,
+        enc.cluster,
+        enc.filtered_repel,
+        tile.centres_xy,
+        point_class_names([None] * len(tile.centres_xy)),
+    )
+    image = with_proximity(image, sigma_px=3.0)
+    mean, std = channel_stats([image.image])
+    config = TrainConfig(
+        images="-",
+        points="-",
+        model=HEAD,
+        steps=60,
+        batch_size=2,
+        patch_size=64,
+        tasks_mode="sum",
+        optimizer="adam",
+        precision="fp32",
+        device="cpu",
+    )
+    torch.manual_seed(0)
+    trainer = Trainer(config, mean=mean, std=std)
+    rates = {group["lr_scale"] for group in trainer.optimizer.param_groups}
+    assert rates == {1.0, train_module.PROXIMITY_LR_SCALE}
+    sampler = PatchSampler(
+        [image], patch_size=64, batch_size=2, mean=mean, std=std, augment=NO_AUGMENT, seed=0
+    )
+    sampler.window = 64
+    images, targets = sampler.batch(0)
+    losses = [trainer.step(i, images, targets)["proximity"] for i in range(60)]
+    assert losses[-1] < 0.85 * losses[0]
+    predictor = trainer.predictor()
+    maps = predict_maps(predictor, tile.image)
+    assert maps.shape == (2, 64, 64)  # nucleus, proximity
+    cells = cells_from_maps(predictor, maps, mpp=0.5)
+    assert detection_scores(tile.centres_xy, cells.xy, radius=3.0).f1 == 1.0
+
+
+def test_fine_tuning_a_detector_into_one_with_a_detection_head(disk_dataset, tmp_path):
+    fit(tiny_config(disk_dataset, tmp_path, steps=2), tmp_path / "plain", progress=False)
+    config = tiny_config(
+        disk_dataset, tmp_path, model=HEAD, init_from=str(tmp_path / "plain" / "last.pt")
+    )
+    result = fit(config, tmp_path / "head", progress=False)
+    assert "val_proximity" in result.history[0] and "train_proximity" in result.history[0]
+    plain = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    initial = train_module.adapt_output_head(plain, build_model(HEAD).state_dict())
+    assert set(initial) == set(build_model(HEAD).state_dict())  # the head comes from HEAD
+    predictor = load_predictor(tmp_path / "head" / "last.pt", device="cpu")
+    assert predictor.detection_head and predictor.classes == ()
+    back = train_module.adapt_output_head(
+        load_checkpoint(tmp_path / "head" / "last.pt")["model"], build_model(SMALL).state_dict()
+    )
+    assert not any(k.startswith("proximity") for k in back)  # and can be dropped again

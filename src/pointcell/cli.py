@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -295,6 +296,12 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
     "detection only), none, or a comma-separated list (other names count as untyped).",
 )
 @click.option(
+    "--detection-head",
+    is_flag=True,
+    help="Add a detection head that learns where annotators click (a proximity map, as "
+    "SC-CNN's); cells are then its peaks. For real clicks on every cell.",
+)
+@click.option(
     "--hed-jitter",
     type=click.FloatRange(0, 0.5),
     default=0.0,
@@ -350,6 +357,7 @@ def train(
     init_from: str | None,
     snapshot_every: int | None,
     classes: str,
+    detection_head: bool,
     hed_jitter: float,
     scale_range: tuple[float, float],
     stain_scale: tuple[float, float],
@@ -411,6 +419,8 @@ def train(
                 overrides.setdefault("model", model_config_of(init_from))
             try:
                 config = preset_config(preset, **overrides)
+                if detection_head:
+                    config = replace(config, model=replace(config.model, detection_head=True))
             except ValueError as exc:
                 raise click.UsageError(str(exc)) from exc
             result = fit(config, out)
@@ -454,6 +464,12 @@ def train(
     type=click.FloatRange(0, 1),
     help="Smallest nucleus probability of a detection (default 0.5); raise it to keep only "
     "confident cells: objects whose highest probability is lower are dropped.",
+)
+@click.option(
+    "--min-proximity",
+    type=click.FloatRange(0, 1),
+    help="Models with a detection head: lowest proximity peak that is a cell (the model's "
+    "default: 0.15); raise it for fewer, surer cells.",
 )
 @click.option(
     "--centre",
@@ -521,6 +537,7 @@ def predict(
     min_area_um2: float | None,
     min_distance_um: float | None,
     min_probability: float | None,
+    min_proximity: float | None,
     centre: CentreMethod | None,
     tta: bool,
     tile_size: int,
@@ -545,7 +562,7 @@ def predict(
     Whole slides (SVS, NDPI, MRXS, pyramidal or very large TIFF) are streamed tile by tile
     over their tissue and give OUT/<stem>.csv and OUT/<stem>.geojson in level-0 pixels.
     """
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from pointcell.inference import load_predictor
     from pointcell.io.roi import roi_for_images
@@ -569,6 +586,7 @@ def predict(
         "min_area_um2": min_area_um2,
         "min_distance_um": min_distance_um,
         "min_probability": min_probability,
+        "min_proximity": min_proximity,
         "centre": centre,
     }
     params = replace(predictor.postprocess, **{k: v for k, v in changes.items() if v is not None})

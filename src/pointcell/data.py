@@ -51,6 +51,7 @@ class PreparedImage:
     points_xy: np.ndarray  # (N, 2) clicks at the working pixel size
     point_classes: np.ndarray  # (N,) class name of each click, "" when untyped
     class_map: np.ndarray | None = None  # uint8 class index near typed clicks, else CLASS_IGNORE
+    proximity: np.ndarray | None = None  # float32 proximity to the clicks (detection head)
 
     @property
     def n_points(self) -> int:
@@ -95,6 +96,25 @@ def with_class_map(
         img.image.shape[:2], img.points_xy, img.point_classes, classes, radius_px=radius_px
     )
     return replace(img, class_map=target)
+
+
+def proximity_target(
+    shape: tuple[int, int], points_xy: np.ndarray, *, sigma_px: float
+) -> np.ndarray:
+    """Proximity to the nearest click: a Gaussian of the distance (1 at the click, about 0.61
+    at ``sigma_px``), cut to 0 beyond 3 sigma — the regression target of SC-CNN
+    (Sirinukunwattana et al. 2016), smooth so that a click a few pixels off its nucleus' centre
+    still teaches where cells are."""
+    distance = nearest_points(points_xy, shape).d1
+    proximity = np.exp(-(distance**2) / (2.0 * sigma_px**2))
+    proximity[distance > 3.0 * sigma_px] = 0.0
+    return proximity.astype(np.float32)
+
+
+def with_proximity(img: PreparedImage, *, sigma_px: float) -> PreparedImage:
+    """The image with its proximity target."""
+    target = proximity_target(img.image.shape[:2], img.points_xy, sigma_px=sigma_px)
+    return replace(img, proximity=target)
 
 
 def resample(
@@ -257,8 +277,9 @@ class PatchSampler:
     """Draws augmented training batches; batch ``i`` depends only on ``(seed, i)``.
 
     The numpy side cuts a window around a random centre (padding outside the image: the mean
-    colour, IGNORE labels, zero repel); the torch side applies one affine warp per patch with
-    ``grid_sample`` — bilinear for the image and repel, nearest for the labels.
+    colour, IGNORE labels, zero repel and proximity); the torch side applies one affine warp per
+    patch with ``grid_sample`` — bilinear for the image, repel and proximity, nearest for the
+    labels.
     """
 
     def __init__(
@@ -293,7 +314,7 @@ class PatchSampler:
 
     def batch(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Normalised images (B, 3, P, P) and targets {voronoi, cluster, class: long,
-        repel: float}."""
+        repel, proximity: float}."""
         rng = np.random.default_rng([self.seed, step])
         windows = [self._window(rng) for _ in range(self.batch_size)]
         thetas = np.stack([self._theta(rng) for _ in range(self.batch_size)])
@@ -341,7 +362,7 @@ class PatchSampler:
         images = torch.from_numpy(np.stack([w[0] for w in windows])).permute(0, 3, 1, 2)
         images = (images.float() / 255.0 - self.mean) / self.std
         labels = torch.from_numpy(np.stack([np.stack([w[1], w[2], w[4]]) for w in windows])).float()
-        repel = torch.from_numpy(np.stack([w[3] for w in windows]))[:, None]
+        smooth = torch.from_numpy(np.stack([np.stack([w[3], w[5]]) for w in windows]))
         size = (len(windows), 1, self.patch_size, self.patch_size)
         grid = F.affine_grid(thetas, list(size), align_corners=False)
         images = F.grid_sample(
@@ -354,14 +375,15 @@ class PatchSampler:
         )
         outside = torch.tensor([IGNORE + 1.0, IGNORE + 1.0, CLASS_IGNORE + 1.0]).view(1, 3, 1, 1)
         labels = torch.where(labels == 0, outside, labels) - 1
-        repel = F.grid_sample(
-            repel, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        smooth = F.grid_sample(
+            smooth, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
         return images, {
             "voronoi": labels[:, 0].long(),
             "cluster": labels[:, 1].long(),
-            "repel": repel[:, 0],
+            "repel": smooth[:, 0],
             "class": labels[:, 2].long(),
+            "proximity": smooth[:, 1],
         }
 
 
@@ -381,6 +403,7 @@ def crop_window(
     out_clu = np.full((size, size), IGNORE, np.uint8)
     out_rep = np.zeros((size, size), np.float32)
     out_cls = np.full((size, size), CLASS_IGNORE, np.uint8)
+    out_prox = np.zeros((size, size), np.float32)
     if r1 > r0 and c1 > c0:
         dst = (slice(r0 - top, r1 - top), slice(c0 - left, c1 - left))
         src = (slice(r0, r1), slice(c0, c1))
@@ -390,7 +413,9 @@ def crop_window(
         out_rep[dst] = img.repel[src]
         if img.class_map is not None:
             out_cls[dst] = img.class_map[src]
-    return out_image, out_vor, out_clu, out_rep, out_cls
+        if img.proximity is not None:
+            out_prox[dst] = img.proximity[src]
+    return out_image, out_vor, out_clu, out_rep, out_cls, out_prox
 
 
 def grid_batches(

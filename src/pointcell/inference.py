@@ -31,8 +31,9 @@ from pointcell.model import (
     build_model,
     class_probabilities,
     nucleus_probability,
+    split_proximity,
 )
-from pointcell.postprocess import PostprocessParams
+from pointcell.postprocess import Cells, PostprocessParams, classify, postprocess
 from pointcell.pretrained import PRETRAINED, cast_state_to_float, pretrained_path
 
 
@@ -49,6 +50,7 @@ class Predictor:
     dtype: torch.dtype | None  # autocast dtype, None for fp32
     source: str
     classes: tuple[str, ...] = ()  # cell classes of a classifying model
+    detection_head: bool = False  # a proximity head: cells at its peaks
 
     def autocast(self):  # noqa: ANN201
         if self.dtype is None:
@@ -109,6 +111,7 @@ def predictor_from_state(
         autocast_dtype(chosen, precision),
         source,
         config.classes,
+        config.detection_head,
     )  # type: ignore[arg-type]
 
 
@@ -153,9 +156,10 @@ def predict_maps(
     tta: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
-    """(1 + K, H, W) float32 maps of an RGB image at the working pixel size: the nucleus
-    probability, then the probability of each of the model's K cell classes (averaged over
-    the 8 rotations and mirror images of every tile with ``tta``)."""
+    """(1 + K [+ 1], H, W) float32 maps of an RGB image at the working pixel size: the nucleus
+    probability, the probability of each of the model's K cell classes, and with a detection
+    head the proximity map (averaged over the 8 rotations and mirror images of every tile with
+    ``tta``). :func:`cells_from_maps` turns them into cells."""
     if tile % ENCODER_STRIDE or overlap % ENCODER_STRIDE or overlap >= tile:
         raise ValueError(
             f"tile and overlap must be multiples of {ENCODER_STRIDE}, overlap smaller than tile"
@@ -171,7 +175,7 @@ def predict_maps(
     weight = np.outer(
         blend_weights(th, overlap if ph > th else 0), blend_weights(tw, overlap if pw > tw else 0)
     )
-    n_maps = 1 + len(predictor.classes)
+    n_maps = 1 + len(predictor.classes) + int(predictor.detection_head)
     total = np.zeros((n_maps, ph, pw), np.float32)
     norm = np.zeros((ph, pw), np.float32)
     mean = torch.tensor(predictor.mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -206,20 +210,48 @@ SQUARE_SYMMETRIES = [(turns, mirror) for mirror in (False, True) for turns in ra
 def _network_maps(
     predictor: Predictor, tensor: torch.Tensor, turns: int, mirror: bool
 ) -> torch.Tensor:
-    """(B, 1 + K, h, w) maps of a normalised batch seen rotated by ``turns`` quarter turns
-    (then mirrored left-right), mapped back to the batch's orientation."""
+    """(B, 1 + K [+ 1], h, w) maps of a normalised batch seen rotated by ``turns`` quarter
+    turns (then mirrored left-right), mapped back to the batch's orientation."""
     seen = torch.rot90(tensor, turns, dims=(2, 3))
     if mirror:
         seen = torch.flip(seen, dims=(3,))
     seen = seen.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), predictor.autocast():
         logits = predictor.model(seen)
+    logits, proximity = split_proximity(logits, _architecture(predictor))
     maps = nucleus_probability(logits)[:, None]
     if predictor.classes:
         maps = torch.cat([maps, class_probabilities(logits)], dim=1)
+    if proximity is not None:
+        maps = torch.cat([maps, torch.sigmoid(proximity.float())[:, None]], dim=1)
     if mirror:
         maps = torch.flip(maps, dims=(3,))
     return torch.rot90(maps, -turns, dims=(2, 3))
+
+
+def _architecture(predictor: Predictor) -> ModelConfig:
+    """The output layout of the predictor's network (only its heads matter here)."""
+    return ModelConfig(classes=predictor.classes, detection_head=predictor.detection_head)
+
+
+def cells_from_maps(
+    predictor: Predictor,
+    maps: np.ndarray,
+    *,
+    mpp: float,
+    params: PostprocessParams | None = None,
+) -> Cells:
+    """Cells (instances, centres, classes) from the maps of :func:`predict_maps` at pixel size
+    ``mpp``: post-processing of the nucleus probability — detections at the proximity map's
+    peaks with a detection head — then each cell's class."""
+    n_classes = len(predictor.classes)
+    proximity = maps[1 + n_classes] if predictor.detection_head else None
+    cells = postprocess(
+        maps[0], mpp=mpp, params=params or predictor.postprocess, proximity=proximity
+    )
+    if n_classes:
+        cells = classify(cells, maps[1 : 1 + n_classes], mpp=mpp)
+    return cells
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -247,7 +279,7 @@ def predict_image_maps(
     tta: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
-    """:func:`predict_maps` at the input's size (nucleus, then class probabilities)."""
+    """:func:`predict_maps` at the input's size (nucleus, class probabilities, proximity)."""
     factor = mpp / predictor.working_mpp
     working, _ = resample(image, np.empty((0, 2)), factor)
     maps = predict_maps(

@@ -9,7 +9,9 @@ Functional losses take the network's logits (B, 2, H, W) and a target (B, H, W):
 A classifying model (typed points) adds a fourth loss, ``class``: cross-entropy of its class
 channels against the class target, which labels only the pixels at and around typed points
 (everything else, untyped points included, is ignored). It is added at every iteration, on top
-of what the combiner chooses among the paper's three tasks, which stay as in the paper.
+of what the combiner chooses among the paper's three tasks, which stay as in the paper. A model
+with a detection head adds ``proximity`` the same way: binary cross-entropy of its proximity
+logit against the soft proximity target (SC-CNN's regression target, learned as a probability).
 
 Combiners: ``scheduler`` (paper eq. 4: one task per iteration, in the order Voronoi, repel,
 cluster), ``sum`` (Qu et al. 2019) and ``uncertainty`` (Kendall et al. 2018, learned
@@ -31,6 +33,7 @@ from pointcell.model import N_OUTPUTS, nucleus_probability
 
 TASKS = ("voronoi", "repel", "cluster")  # the paper's scheduler order
 REGRESSION_TASKS = ("repel",)
+EXTRA_TASKS = ("class", "proximity")  # added at every iteration, whatever the combiner
 TasksMode = Literal["scheduler", "sum", "uncertainty"]
 
 
@@ -53,6 +56,11 @@ def repel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def class_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the class channels over the labelled pixels (typed points)."""
     return labelled_cross_entropy(logits[:, N_OUTPUTS:], target, ignore=CLASS_IGNORE)
+
+
+def proximity_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the proximity logit (B, H, W) against the soft target."""
+    return F.binary_cross_entropy_with_logits(logit.float(), target.float())
 
 
 LOSSES = {"voronoi": labelled_cross_entropy, "cluster": labelled_cross_entropy, "repel": repel_loss}
@@ -100,9 +108,9 @@ class TaskCombiner(nn.Module):
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.mode != "uncertainty":
             return torch.stack([losses[t] for t in losses]).sum()
-        total = [losses["class"]] if "class" in losses else []
+        total = [losses[task] for task in EXTRA_TASKS if task in losses]
         for task, loss in losses.items():
-            if task == "class":
+            if task in EXTRA_TASKS:
                 continue
             s = self.log_vars[task]
             scale = 0.5 if task in REGRESSION_TASKS else 1.0

@@ -2,12 +2,16 @@
 
 Two output channels — background and nucleus — turned into probabilities with a softmax; a
 model trained on typed points has one more channel per cell class (a per-pixel class head,
-its own softmax over those channels).
+its own softmax over those channels). A model with a detection head has one last channel, the
+logit of a proximity map that peaks at clicked cell centres (as SC-CNN's, Sirinukunwattana et
+al. 2016): the nucleus probability says where nuclei are, the proximity map which of them
+annotators click, and where.
 :class:`ModelConfig` holds only JSON-serialisable values, so a checkpoint's config rebuilds it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,7 @@ from pointcell.errors import PointcellInputError
 N_OUTPUTS = 2  # background, nucleus
 NUCLEUS_CHANNEL = 1
 ENCODER_STRIDE = 32  # input sides must be multiples of this
+PROXIMITY_PRIOR = 0.02  # initial proximity everywhere (about the share of pixels near a click)
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,11 @@ class ModelConfig:
     encoder: str = "resnet50"
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     classes: tuple[str, ...] = ()  # cell classes of a classifying model, in channel order
+    detection_head: bool = False  # a proximity head: cells at its peaks
 
     @property
     def n_outputs(self) -> int:
+        """Channels of the segmentation head (nucleus and classes; not the proximity)."""
         return N_OUTPUTS + len(self.classes)
 
     def to_dict(self) -> dict[str, object]:
@@ -41,6 +48,7 @@ class ModelConfig:
             "encoder": self.encoder,
             "decoder_channels": list(self.decoder_channels),
             "classes": list(self.classes),
+            "detection_head": self.detection_head,
         }
 
     @classmethod
@@ -49,6 +57,7 @@ class ModelConfig:
             encoder=str(data["encoder"]),
             decoder_channels=tuple(int(c) for c in data["decoder_channels"]),
             classes=tuple(str(c) for c in data.get("classes", ())),
+            detection_head=bool(data.get("detection_head", False)),
         )
 
 
@@ -72,8 +81,32 @@ def build_model(config: ModelConfig, *, encoder_weights: str | None = None) -> n
     return model
 
 
+class DetectingUnet(smp.Unet):
+    """smp's U-Net with a second head on the decoder's last features: a small convolutional
+    block whose single output, the proximity logit, is appended as the last channel.
+
+    The head starts from a prior (RetinaNet's initialisation, Lin et al. 2017): a proximity of
+    PROXIMITY_PRIOR everywhere, so that its first steps are not spent unlearning 0.5.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        width = kwargs["decoder_channels"][-1]
+        self.proximity_head = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(width, 1, 1)
+        )
+        output = self.proximity_head[-1]
+        assert isinstance(output, nn.Conv2d) and output.bias is not None
+        nn.init.constant_(output.bias, math.log(PROXIMITY_PRIOR / (1 - PROXIMITY_PRIOR)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        decoded = self.decoder(self.encoder(x))
+        return torch.cat([self.segmentation_head(decoded), self.proximity_head(decoded)], dim=1)
+
+
 def _unet(config: ModelConfig, *, weights: str | None) -> nn.Module:
-    return smp.Unet(
+    network = DetectingUnet if config.detection_head else smp.Unet
+    return network(
         encoder_name=config.encoder,
         encoder_weights=weights,
         classes=config.n_outputs,
@@ -119,6 +152,16 @@ def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> None
         raise PointcellInputError(
             f"{path}: weights do not fit the {type(encoder).__name__} encoder ({exc})"
         ) from exc
+
+
+def split_proximity(
+    logits: torch.Tensor, config: ModelConfig
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The segmentation logits (B, n_outputs, H, W) and, with a detection head, the proximity
+    logit (B, H, W)."""
+    if not config.detection_head:
+        return logits, None
+    return logits[:, :-1], logits[:, -1]
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ class PostprocessParams:
     instances: InstanceMethod = "watershed"
     min_area_um2: float = 3.0
     centre: CentreMethod = "centroid"  # the paper: "peak"
+    min_proximity: float = 0.15  # detection head: lowest proximity peak that is a cell
 
     def __post_init__(self) -> None:
         if self.instances not in ("watershed", "connected"):
@@ -169,9 +170,14 @@ def remove_faint_objects(
 
 
 def postprocess(
-    probability: np.ndarray, *, mpp: float, params: PostprocessParams = PostprocessParams()
+    probability: np.ndarray,
+    *,
+    mpp: float,
+    params: PostprocessParams = PostprocessParams(),
+    proximity: np.ndarray | None = None,
 ) -> Cells:
-    """Detections and instances from a nucleus probability map (H, W) in [0, 1].
+    """Detections and instances from a nucleus probability map (H, W) in [0, 1], or with a
+    ``proximity`` map (a detection head's) see :func:`postprocess_proximity`.
 
     Objects whose highest probability is below ``params.min_probability`` are dropped; every
     other instance is represented by at least one detection: instances without a peak (small or
@@ -179,6 +185,8 @@ def postprocess(
     each detection is then placed at the centroid of its instance instead of its peak, unless
     the centroid falls outside the instance (a bent nucleus).
     """
+    if proximity is not None:
+        return postprocess_proximity(probability, proximity, mpp=mpp, params=params)
     peaks = detect(probability, mpp=mpp, params=params)
     labels = instances(probability, peaks, mpp=mpp, params=params)
     labels = remove_faint_objects(labels, probability, params.min_probability)
@@ -202,6 +210,57 @@ def postprocess(
         xy = np.where(inside[:, None], centroids, xy)
     return Cells(
         labels=labels, xy=xy, score=score.astype(np.float32), instance=instance.astype(np.int32)
+    )
+
+
+FAINT_NUCLEUS_RADIUS_UM = 2.0  # outline of a detected cell the nucleus mask missed
+
+
+def add_disks(labels: np.ndarray, peaks_rc: np.ndarray, *, radius_px: float) -> np.ndarray:
+    """Labels with a new instance for every peak on background: the background pixels within
+    ``radius_px`` of it (nearer to it than to any other such peak), numbered after the rest."""
+    if len(peaks_rc) == 0:
+        return labels
+    bare = peaks_rc[labels[peaks_rc[:, 0], peaks_rc[:, 1]] == 0]
+    if len(bare) == 0:
+        return labels
+    seeds = np.zeros(labels.shape, dtype=np.int32)
+    seeds[bare[:, 0], bare[:, 1]] = np.arange(1, len(bare) + 1)
+    distance, (rows, cols) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    nearest = seeds[rows, cols]
+    grow = (labels == 0) & (distance <= radius_px)
+    return np.where(grow, nearest + labels.max(), labels).astype(labels.dtype)
+
+
+def postprocess_proximity(
+    probability: np.ndarray, proximity: np.ndarray, *, mpp: float, params: PostprocessParams
+) -> Cells:
+    """Cells at the peaks of a detection head's proximity map, at least
+    ``params.min_distance_um`` apart and at least ``params.min_proximity`` high; each splits
+    the nucleus mask around it (watershed) into its instance. The head decides what is a cell:
+    nuclei without a peak are dropped, and a peak where the mask has no nucleus (a faint one)
+    gets a disk of FAINT_NUCLEUS_RADIUS_UM as its outline, so that every cell has an instance.
+    A centre stays at its peak, where the head was taught the clicks are.
+    """
+    min_distance = max(1, int(round(params.min_distance_um / mpp)))
+    peaks = peak_local_max(
+        proximity,
+        min_distance=min_distance,
+        threshold_abs=params.min_proximity,
+        exclude_border=False,
+    ).reshape(-1, 2)
+    labels = instances(probability, peaks, mpp=mpp, params=params)
+    instance = labels[peaks[:, 0], peaks[:, 1]] if len(peaks) else np.zeros(0, np.int32)
+    seeded = np.zeros(int(labels.max()) + 1, dtype=bool)
+    seeded[instance] = True
+    labels = keep_instances(labels, seeded)
+    labels = add_disks(labels, peaks, radius_px=FAINT_NUCLEUS_RADIUS_UM / mpp)
+    instance = labels[peaks[:, 0], peaks[:, 1]] if len(peaks) else np.zeros(0, np.int32)
+    return Cells(
+        labels=labels,
+        xy=peaks[:, ::-1].astype(np.float64),
+        score=proximity[peaks[:, 0], peaks[:, 1]].astype(np.float32),
+        instance=instance.astype(np.int32),
     )
 
 

@@ -19,7 +19,7 @@ from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
 from pointcell.errors import PointcellInputError, PointcellWarning
-from pointcell.inference import Predictor, predict_image_maps
+from pointcell.inference import Predictor, cells_from_maps, predict_image_maps
 from pointcell.io.atomic import atomic_output
 from pointcell.io.cells import (
     cell_class_names,
@@ -38,7 +38,7 @@ from pointcell.io.images import (
 from pointcell.io.slides import SLIDE_SUFFIXES, slide_stem
 from pointcell.metrics import positive_percentage, proportion_ci
 from pointcell.overlay import draw_points
-from pointcell.postprocess import Cells, PostprocessParams, cells_within, classify, postprocess
+from pointcell.postprocess import Cells, PostprocessParams, cells_within
 
 if TYPE_CHECKING:
     from pointcell.wsi import SlideSummary
@@ -214,9 +214,7 @@ def predict_images(
             progress=progress,
         )
         modelled = time.perf_counter()
-        cells = postprocess(maps[0], mpp=pixel_size, params=params)
-        if predictor.classes:
-            cells = classify(cells, maps[1:], mpp=pixel_size)
+        cells = cells_from_maps(predictor, maps, mpp=pixel_size, params=params)
         roi = (rois or {}).get(path)
         if roi is not None:
             height, width = loaded.pixels.shape[:2]

@@ -43,18 +43,19 @@ from pointcell.data import (
     prepare_image,
     split_stems,
     with_class_map,
+    with_proximity,
 )
 from pointcell.device import Precision, autocast_dtype, select_device
 from pointcell.encodings import EncodingParams
 from pointcell.errors import PointcellInputError
-from pointcell.inference import Predictor, predict_probability
+from pointcell.inference import Predictor, cells_from_maps, predict_maps
 from pointcell.io.atomic import atomic_output
 from pointcell.io.checkpoints import load_checkpoint, save_checkpoint
 from pointcell.io.pairing import ImagePointsPair, pair_images_with_points
-from pointcell.losses import TASKS, TaskCombiner, TasksMode, task_losses
+from pointcell.losses import TASKS, TaskCombiner, TasksMode, proximity_loss, task_losses
 from pointcell.metrics import DetectionScores, detection_scores
-from pointcell.model import ENCODER_STRIDE, ModelConfig, build_model
-from pointcell.postprocess import PostprocessParams, postprocess
+from pointcell.model import ENCODER_STRIDE, ModelConfig, build_model, split_proximity
+from pointcell.postprocess import PostprocessParams
 from pointcell.pretrained import cast_state_to_float
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ LrSchedule = Literal["constant", "flat-cosine"]
 OptimizerName = Literal["ranger", "adam"]
 VALIDATION_RADIUS_UM = 3.0
 BEST_METRIC = "val_det_f1"  # best.pt: highest detection F1 on the validation clicks
+PROXIMITY_LR_SCALE = 10.0  # the new detection head learns this much faster than the network
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class TrainConfig:
     # only); () = ignore them; the final list is stored in model.classes
     classes: tuple[str, ...] | None = None
     class_radius_um: float = 2.0  # class target: disks of this radius around typed clicks
+    proximity_sigma_um: float = 1.5  # detection head: width of the proximity target
     init_from: str | None = None  # start from a shipped model or checkpoint (fine-tuning)
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"patch_size must be a multiple of {ENCODER_STRIDE}")
         if self.batch_size < 1 or self.lr <= 0 or self.val_every < 1 or self.checkpoint_every < 1:
             raise ValueError("batch_size, lr, val_every and checkpoint_every must be positive")
+        if self.proximity_sigma_um <= 0:
+            raise ValueError(f"proximity_sigma_um must be positive, got {self.proximity_sigma_um}")
         if not 0 <= self.anneal_from < 1:
             raise ValueError(f"anneal_from must be in [0, 1), got {self.anneal_from}")
         # names are checked here, not at the first step after minutes of encoding
@@ -388,19 +393,38 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.combiner = TaskCombiner(config.tasks_mode, config.tasks).to(self.device)
-        self.optimizer = make_optimizer(
-            config.optimizer,
-            list(self.model.parameters()) + list(self.combiner.parameters()),
-            config.lr,
-        )
+        self.optimizer = make_optimizer(config.optimizer, self._parameter_groups(), config.lr)
         use_scaler = self.device.type == "cuda" and self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.mean, self.std = mean, std
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """The network and combiner at the base rate; a detection head, which starts from
+        scratch on a fine-tuned network, at PROXIMITY_LR_SCALE times that rate."""
+        head = (
+            self.model.get_submodule("proximity_head") if self.config.model.detection_head else None
+        )
+        fast = {id(p) for p in head.parameters()} if head is not None else set()
+        body = [p for p in self.model.parameters() if id(p) not in fast]
+        groups = [{"params": body + list(self.combiner.parameters()), "lr_scale": 1.0}]
+        if head is not None:
+            groups.append({"params": list(head.parameters()), "lr_scale": PROXIMITY_LR_SCALE})
+        return groups
 
     def autocast(self):  # noqa: ANN201
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def losses(
+        self, logits: torch.Tensor, targets: dict[str, torch.Tensor], tasks: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """The losses of ``tasks``, the class loss and, with a detection head, its own."""
+        logits, proximity = split_proximity(logits, self.config.model)
+        losses = task_losses(logits, targets, tasks)
+        if proximity is not None:
+            losses["proximity"] = proximity_loss(proximity, targets["proximity"])
+        return losses
 
     def step(
         self,
@@ -412,13 +436,13 @@ class Trainer:
         """One optimisation step on the tasks the combiner selects for ``iteration``, at
         learning rate ``lr`` (default: the config's)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr if lr is None else lr
+            group["lr"] = (self.config.lr if lr is None else lr) * group.get("lr_scale", 1.0)
         self.trained.train()
         images = images.to(self.device, memory_format=torch.channels_last)
         targets = {k: v.to(self.device) for k, v in targets.items()}
         with self.autocast():
             logits = self.trained(images)
-        losses = task_losses(logits, targets, self.combiner.tasks_at(iteration))
+        losses = self.losses(logits, targets, self.combiner.tasks_at(iteration))
         loss = self.combiner(losses)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -456,6 +480,8 @@ class Trainer:
         sums = dict.fromkeys(TASKS, 0.0)
         if self.config.model.classes:
             sums["class"] = 0.0
+        if self.config.model.detection_head:
+            sums["proximity"] = 0.0
         count = 0
         for batch, targets in grid_batches(
             images,
@@ -467,7 +493,7 @@ class Trainer:
             batch = batch.to(self.device, memory_format=torch.channels_last)
             with self.autocast():
                 logits = self.model(batch)
-            losses = task_losses(logits, {k: v.to(self.device) for k, v in targets.items()}, TASKS)
+            losses = self.losses(logits, {k: v.to(self.device) for k, v in targets.items()}, TASKS)
             for task, value in losses.items():
                 sums[task] += float(value) * len(batch)
             count += len(batch)
@@ -487,6 +513,8 @@ class Trainer:
             self.device,
             self.dtype,
             "training",
+            self.config.model.classes,
+            self.config.model.detection_head,
         )
 
     def detection_f1(self, images: list[PreparedImage]) -> float:
@@ -496,10 +524,8 @@ class Trainer:
         mpp = self.config.working_mpp
         pooled = DetectionScores(0, 0, 0)
         for img in images:
-            probability = predict_probability(
-                predictor, img.image, batch_size=self.config.batch_size
-            )
-            cells = postprocess(probability, mpp=mpp, params=predictor.postprocess)
+            maps = predict_maps(predictor, img.image, batch_size=self.config.batch_size)
+            cells = cells_from_maps(predictor, maps, mpp=mpp)
             pooled = pooled + detection_scores(
                 img.points_xy, cells.xy, radius=VALIDATION_RADIUS_UM / mpp
             )
@@ -548,11 +574,15 @@ class Trainer:
 def adapt_output_head(
     state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Fit a checkpoint's weights to a network whose output head has other class channels:
-    the shared leading channels (background, nucleus, common classes) are kept, the others
-    take the new network's initial values — so a detection model can be fine-tuned into a
-    classifier."""
-    adapted = dict(state)
+    """Fit a checkpoint's weights to a network whose output head has other class channels, or
+    a detection head the checkpoint lacks: the shared leading channels (background, nucleus,
+    common classes) are kept, the others take the new network's initial values — so a
+    detection model can be fine-tuned into a classifier, and either given a detection head."""
+    # a detection head is taken from the checkpoint when both have one, else from the target
+    adapted = {k: v for k, v in state.items() if k in target or not k.startswith("proximity")}
+    adapted.update(
+        {k: v for k, v in target.items() if k.startswith("proximity") and k not in state}
+    )
     for name, value in state.items():
         wanted = target.get(name)
         if wanted is None or wanted.shape == value.shape or not name.startswith("segmentation"):
@@ -594,7 +624,11 @@ def _initial_state(config: TrainConfig) -> dict[str, Any] | None:
 
     state = load_checkpoint(resolve_checkpoint(config.init_from))
     architecture = ModelConfig.from_dict(state["config"]["model"])
-    if replace(architecture, classes=()) != replace(config.model, classes=()):
+
+    def body(model: ModelConfig) -> ModelConfig:
+        return replace(model, classes=(), detection_head=False)
+
+    if body(architecture) != body(config.model):
         raise PointcellInputError(
             f"--init-from {config.init_from} is a {architecture.encoder} U-Net but the run "
             f"asks for {config.model.encoder}; drop --encoder to use the model's own"
@@ -715,6 +749,9 @@ def _fit(
             stem: with_class_map(img, config.model.classes, radius_px=radius)
             for stem, img in prepared.items()
         }
+    if config.model.detection_head:
+        sigma = config.proximity_sigma_um / config.working_mpp
+        prepared = {s: with_proximity(img, sigma_px=sigma) for s, img in prepared.items()}
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", config.to_dict())
@@ -781,6 +818,7 @@ def _loop(
 ) -> TrainResult:
     config = trainer.config
     names = list(config.tasks) + (["class"] if config.model.classes else [])
+    names += ["proximity"] if config.model.detection_head else []
     running: dict[str, list[float]] = {task: [] for task in names}
     at = progress_state
     offset = at.elapsed_s - time.perf_counter()

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from pointcell.device import Precision
 from pointcell.errors import PointcellInputError, PointcellWarning
-from pointcell.inference import Predictor, load_predictor, predict_maps
+from pointcell.inference import Predictor, cells_from_maps, load_predictor, predict_maps
 from pointcell.io.atomic import atomic_output
 from pointcell.io.cells import (
     cell_classes,
@@ -55,9 +55,7 @@ from pointcell.io.cells import (
 from pointcell.io.slides import Slide, SlideReader, open_slide, slide_stem
 from pointcell.postprocess import (
     PostprocessParams,
-    classify,
     fill_small_holes,
-    postprocess,
     remove_small_objects,
 )
 
@@ -253,21 +251,18 @@ def owned_cells(
     region: Region,
     task: TileTask,
     *,
-    working_mpp: float,
+    predictor: Predictor,
     level0_mpp: float,
     params: PostprocessParams,
-    classes: tuple[str, ...] = (),
     roi: BaseGeometry | None = None,
 ) -> list[list]:
-    """Post-process one region's maps (nucleus, then class probabilities) and keep the nuclei
+    """Post-process one region's maps (see :func:`cells_from_maps`) and keep the nuclei
     whose centroid lies in the task's core (and in ``roi``, a level-0 region, when given).
 
     Each cell is ``[x, y, area_px, area_um2, score, outline, class, class_probability]`` in
     level-0 pixels, the outline a list of (x, y) vertices, the class "" without classes.
     """
-    cells = postprocess(maps[0], mpp=working_mpp, params=params)
-    if classes:
-        cells = classify(cells, maps[1:], mpp=working_mpp)
+    cells = cells_from_maps(predictor, maps, mpp=predictor.working_mpp, params=params)
     labels = cells.labels
     n = int(labels.max())
     if n == 0:
@@ -296,7 +291,7 @@ def owned_cells(
     best_row = np.full(n + 1, -1)
     order = np.argsort(cells.score)
     best_row[cells.instance[order]] = order
-    typed = cell_classes(cells, classes)
+    typed = cell_classes(cells, predictor.classes)
     outlines = instance_outlines(np.where(owned[labels], labels, 0))
     pixel_area0 = region.step[0] * region.step[1]
     result = []
@@ -368,10 +363,9 @@ def process_tiles(
             maps,
             region,
             task,
-            working_mpp=predictor.working_mpp,
+            predictor=predictor,
             level0_mpp=slide.mpp,
             params=job.params,
-            classes=predictor.classes,
             roi=job.roi,
         )
         posted = time.perf_counter()
