@@ -163,6 +163,8 @@ def test_a_centroid_outside_its_nucleus_gives_way_to_the_peak():
 def test_bad_centre_method():
     with pytest.raises(ValueError, match="centroid"):
         PostprocessParams(centre="middle")
+    with pytest.raises(ValueError, match="min_proximity"):
+        PostprocessParams(min_proximity=1.5)
 
 
 def test_cells_within_a_region_keep_their_whole_nucleus_and_class():

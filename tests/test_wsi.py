@@ -48,9 +48,21 @@ class DarknessNet(torch.nn.Module):
         return self.conv(x)
 
 
-def darkness_predictor():
+class DarknessWithProximityNet(DarknessNet):
+    """DarknessNet plus a last, proximity channel: darkness averaged over a box a little wider
+    than a nucleus, which peaks at its centre."""
+
+    def forward(self, x):
+        logits = self.conv(x)
+        dark = (logits[:, 1:] > 0).float()
+        proximity = torch.nn.functional.avg_pool2d(dark, 15, stride=1, padding=7)
+        return torch.cat([logits, 20.0 * proximity - 10.0], dim=1)
+
+
+def darkness_predictor(detection_head=False):
+    net = DarknessWithProximityNet() if detection_head else DarknessNet()
     return Predictor(
-        DarknessNet().eval(),
+        net.eval(),
         [0.0] * 3,
         [1.0] * 3,
         0.5,
@@ -58,6 +70,7 @@ def darkness_predictor():
         torch.device("cpu"),
         None,
         "darkness",
+        detection_head=detection_head,
     )
 
 
@@ -108,15 +121,17 @@ def test_plan_tiles_keeps_only_tiles_touching_tissue():
     assert len(everything) == 12 and everything[-1].x1 == 350 and everything[-1].y1 == 250
 
 
-def predict_darkness(slide, out, **options):
+def predict_darkness(slide, out, detection_head=False, **options):
     """``predict_slide`` with the context-free darkness model on small tiles."""
     options = {"settings": SMALL_TILES, "progress": False, **options}
-    return predict_slide(slide, out, model="darkness", predictor=darkness_predictor(), **options)
+    predictor = darkness_predictor(detection_head)
+    return predict_slide(slide, out, model="darkness", predictor=predictor, **options)
 
 
-def test_every_nucleus_once_and_whole_across_tile_borders(tmp_path):
+@pytest.mark.parametrize("detection_head", [False, True])
+def test_every_nucleus_once_and_whole_across_tile_borders(tmp_path, detection_head):
     slide = disk_slide(tmp_path / "disks.tif")
-    summary = predict_darkness(slide, tmp_path / "out")
+    summary = predict_darkness(slide, tmp_path / "out", detection_head)
     cells = read_cells(tmp_path / "out" / "disks.csv")
     assert summary.n_cells == len(cells) == len(CENTRES)
     found = np.array([[float(c["x"]), float(c["y"])] for c in cells])
@@ -127,6 +142,10 @@ def test_every_nucleus_once_and_whole_across_tile_borders(tmp_path):
     np.testing.assert_allclose(areas, np.pi * RADIUS**2, rtol=0.15)  # whole, not cut
     assert len({c["tile"] for c in cells}) >= 5
     assert not (tmp_path / "out" / "disks.parts").exists()
+    scores = np.array([float(c["score"]) for c in cells])
+    # the score is the map whose peaks made the cells: the proximity (a disk fills about half
+    # of its box) or the nucleus probability
+    assert np.all((0.3 < scores) & (scores < 0.7)) if detection_head else np.all(scores > 0.9)
 
 
 def test_tta_on_a_slide_runs_every_tile_in_8_poses_and_keeps_the_cells(tmp_path):

@@ -469,7 +469,7 @@ def train(
     "--min-proximity",
     type=click.FloatRange(0, 1),
     help="Models with a detection head: lowest proximity peak that is a cell (the model's "
-    "default: 0.15); raise it for fewer, surer cells.",
+    "default: 0.2); raise it for fewer, surer cells.",
 )
 @click.option(
     "--centre",
