@@ -206,37 +206,41 @@ def crchisto(
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
         steps_label = f"{trained_steps(run)[0]} steps, kept: step {best_step(run)}"
         outputs.append((f"pointcell ({label}; {steps_label})", out))
+
+    def continued(name: str, base: Path, length: int, extra: tuple[str, ...]) -> Path:
+        """Train run ``name`` on from ``base``'s best checkpoint; its test predictions."""
+        run = train(
+            name, data / "images", gt, CRC_MPP, split, length, extra=extra,
+            init_from=str(base / "best.pt"),
+        )  # fmt: skip
+        out = RUNS / f"{name}-pred"
+        predict_and_evaluate(run, test, gt, CRC_MPP, out)
+        return out
+
     if anneal_steps:
         # the constant-lr run's best checkpoint trained on with a learning rate that decays
         # to zero (cosine): the same recipe, ending the way Ranger's authors end theirs
         base = RUNS / "classes-crchisto"
-        base_steps = best_step(base)
-        run = train(
-            "classes-crchisto-annealed", data / "images", gt, CRC_MPP, split, anneal_steps,
-            extra=("--lr-schedule", "flat-cosine", "--anneal-from", "0"),
-            init_from=str(base / "best.pt"),
+        out = continued(
+            "classes-crchisto-annealed", base, anneal_steps,
+            ("--lr-schedule", "flat-cosine", "--anneal-from", "0"),
         )  # fmt: skip
-        out = RUNS / "classes-crchisto-annealed-pred"
-        predict_and_evaluate(run, test, gt, CRC_MPP, out)
         label = (
-            f"HED jitter 0.05; {base_steps} steps, then {anneal_steps} with cosine-decayed lr, "
-            f"kept: step {base_steps} + {best_step(run)}"
+            f"HED jitter 0.05; {best_step(base)} steps, then {anneal_steps} with cosine-decayed "
+            f"lr, kept: step {best_step(base)} + {best_step(RUNS / 'classes-crchisto-annealed')}"
         )
         outputs.append((f"pointcell ({label})", out))
     if head_steps:
         # the best classifier so far given a detection head (SC-CNN's proximity target) and
         # trained on: cells where annotators click, not where nuclei are
         base = RUNS / ("classes-crchisto-annealed" if anneal_steps else "classes-crchisto")
-        run = train(
-            "classes-crchisto-head", data / "images", gt, CRC_MPP, split, head_steps,
-            extra=("--detection-head", "--lr-schedule", "flat-cosine", "--anneal-from", "0.5"),
-            init_from=str(base / "best.pt"),
+        out = continued(
+            "classes-crchisto-head", base, head_steps,
+            ("--detection-head", "--lr-schedule", "flat-cosine", "--anneal-from", "0.5"),
         )  # fmt: skip
-        out = RUNS / "classes-crchisto-head-pred"
-        predict_and_evaluate(run, test, gt, CRC_MPP, out)
         label = (
             f"the row above + detection head, {head_steps} steps (flat, then cosine from half "
-            f"way), kept: step {best_step(run)}"
+            f"way), kept: step {best_step(RUNS / 'classes-crchisto-head')}"
         )
         outputs.append((f"pointcell ({label})", out))
     results = []

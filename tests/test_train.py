@@ -75,10 +75,8 @@ def test_run_folder_contents(disk_dataset, tmp_path):
     assert state["elapsed_s"] > 0 and state["best_metric"] == "val_det_f1"
 
 
-@pytest.mark.parametrize(("optimizer", "factor"), [("adam", 10.0), ("ranger", 1.5)])
-def test_overfits_one_synthetic_image(optimizer, factor):
-    """40 steps on one fixed 64x64 patch: the summed loss falls by ``factor`` (measured: 32x
-    with Adam; Ranger's RAdam warm-up makes it slower, 2.2x)."""
+def one_patch_training(model, optimizer, steps, *, proximity_sigma_px=None):
+    """A trainer and the one fixed batch of a 64x64 tile of four disks (no augmentation)."""
     tile = make_disks([(16, 16), (44, 20), (24, 46), (48, 48)], shape=(64, 64), mpp=0.5)
     enc = encode(tile.image, tile.centres_xy, mpp=0.5)
     image = PreparedImage(
@@ -90,12 +88,14 @@ def test_overfits_one_synthetic_image(optimizer, factor):
         tile.centres_xy,
         point_class_names([None] * len(tile.centres_xy)),
     )
+    if proximity_sigma_px is not None:
+        image = with_proximity(image, sigma_px=proximity_sigma_px)
     mean, std = channel_stats([image.image])
     config = TrainConfig(
         images="-",
         points="-",
-        model=SMALL,
-        steps=40,
+        model=model,
+        steps=steps,
         batch_size=2,
         patch_size=64,
         tasks_mode="sum",
@@ -109,6 +109,14 @@ def test_overfits_one_synthetic_image(optimizer, factor):
     )
     sampler.window = 64  # the whole tile, unchanged, every step
     images, targets = sampler.batch(0)
+    return trainer, tile, images, targets
+
+
+@pytest.mark.parametrize(("optimizer", "factor"), [("adam", 10.0), ("ranger", 1.5)])
+def test_overfits_one_synthetic_image(optimizer, factor):
+    """40 steps on one fixed 64x64 patch: the summed loss falls by ``factor`` (measured: 32x
+    with Adam; Ranger's RAdam warm-up makes it slower, 2.2x)."""
+    trainer, _, images, targets = one_patch_training(SMALL, optimizer, 40)
     losses = [sum(trainer.step(i, images, targets).values()) for i in range(40)]
     assert losses[-1] < losses[0] / factor
 
@@ -384,40 +392,9 @@ def test_a_detection_head_learns_to_find_the_clicks_of_one_patch():
     """60 Adam steps on one 64x64 tile: the proximity loss falls and the peaks of the
     proximity map are the four clicks (measured: proximity loss 0.055 -> 0.041, 4 of 4
     within 1.5 px)."""
-    tile = make_disks([(16, 16), (44, 20), (24, 46), (48, 48)], shape=(64, 64), mpp=0.5)
-    enc = encode(tile.image, tile.centres_xy, mpp=0.5)
-    image = PreparedImage(
-        "one",
-        tile.image,
-        enc.voronoi,
-        enc.cluster,
-        enc.filtered_repel,
-        tile.centres_xy,
-        point_class_names([None] * len(tile.centres_xy)),
-    )
-    image = with_proximity(image, sigma_px=3.0)
-    mean, std = channel_stats([image.image])
-    config = TrainConfig(
-        images="-",
-        points="-",
-        model=HEAD,
-        steps=60,
-        batch_size=2,
-        patch_size=64,
-        tasks_mode="sum",
-        optimizer="adam",
-        precision="fp32",
-        device="cpu",
-    )
-    torch.manual_seed(0)
-    trainer = Trainer(config, mean=mean, std=std)
+    trainer, tile, images, targets = one_patch_training(HEAD, "adam", 60, proximity_sigma_px=3.0)
     rates = {group["lr_scale"] for group in trainer.optimizer.param_groups}
     assert rates == {1.0, train_module.PROXIMITY_LR_SCALE}
-    sampler = PatchSampler(
-        [image], patch_size=64, batch_size=2, mean=mean, std=std, augment=NO_AUGMENT, seed=0
-    )
-    sampler.window = 64
-    images, targets = sampler.batch(0)
     losses = [trainer.step(i, images, targets)["proximity"] for i in range(60)]
     assert losses[-1] < 0.85 * losses[0]
     predictor = trainer.predictor()
