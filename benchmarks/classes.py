@@ -33,6 +33,7 @@ from pointcell.metrics import match_points  # noqa: E402
 
 RUNS = REPO / "runs"
 REUSED: list[str] = []  # finished training runs found in runs/ and not retrained
+REUSED_PREDICTIONS: list[str] = []  # test predictions of the same weights, not redone
 CRC_MPP = 0.55  # CRCHistoPhenotypes: 20x, about 0.55 µm/px (data README)
 KI67_MPP = 0.25  # not stated by SHIDC; nuclei of 7-9 µm span about 30-35 px
 # published for CRCHisto (Sirinukunwattana et al. 2016, IEEE TMI 35(5), SC-CNN detection and
@@ -124,6 +125,8 @@ def predict_and_evaluate(
         cli(*args)
         cli("evaluate", "--pred", str(out), "--gt", str(gt), "--mpp", str(mpp))
         command.write_text(json.dumps(args))
+    else:
+        REUSED_PREDICTIONS.append(out.name)
     return json.loads(evaluation.read_text())["aggregate"]
 
 
@@ -377,6 +380,8 @@ SECTIONS = {"crchisto": "## CRCHistoPhenotypes", "shidc": "## SHIDC-B-Ki-67"}
 def run_line(command: str, start: float) -> str:
     minutes = (time.perf_counter() - start) / 60
     reused = f"; finished training runs reused: {', '.join(REUSED)}" if REUSED else ""
+    if REUSED_PREDICTIONS:
+        reused += f"; their earlier test predictions reused: {', '.join(REUSED_PREDICTIONS)}"
     return f"{provenance()}. Command: `{command}` ({minutes:.0f} min, 2 CPU cores{reused})."
 
 
