@@ -86,4 +86,4 @@ def test_uncertainty_adds_class_and_proximity_losses_unweighted():
         "class": torch.tensor(3.0),
         "proximity": torch.tensor(5.0),
     }
-    assert float(combiner(losses)) == pytest.approx(2.0 + 3.0 + 5.0)  # log-variance 0: weight 1
+    assert combiner(losses).item() == pytest.approx(2.0 + 3.0 + 5.0)  # log-variance 0: weight 1
