@@ -82,11 +82,11 @@ def test_detection_head_adds_a_last_proximity_channel_starting_at_the_prior():
     with torch.no_grad():
         logits = net(torch.zeros(1, 3, 64, 64))
     assert logits.shape == (1, 5, 64, 64)  # background, nucleus, a, b, proximity
-    segmentation, proximity = split_proximity(logits, config)
+    segmentation, proximity = split_proximity(logits, config.detection_head)
     assert segmentation.shape == (1, 4, 64, 64) and proximity.shape == (1, 64, 64)
     assert torch.sigmoid(proximity).mean() == pytest.approx(PROXIMITY_PRIOR, abs=0.01)
-    assert torch.equal(split_proximity(logits, SMALL)[0], logits)  # no head: nothing split
-    assert split_proximity(logits, SMALL)[1] is None
+    unsplit, none = split_proximity(logits, SMALL.detection_head)  # no head: nothing split
+    assert torch.equal(unsplit, logits) and none is None
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert ModelConfig.from_dict({"encoder": "resnet18", "decoder_channels": [16]}) == (
         ModelConfig(encoder="resnet18", decoder_channels=(16,))  # older checkpoints: no head

@@ -218,7 +218,7 @@ def _network_maps(
     seen = seen.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), predictor.autocast():
         logits = predictor.model(seen)
-    logits, proximity = split_proximity(logits, _architecture(predictor))
+    logits, proximity = split_proximity(logits, predictor.detection_head)
     maps = nucleus_probability(logits)[:, None]
     if predictor.classes:
         maps = torch.cat([maps, class_probabilities(logits)], dim=1)
@@ -227,11 +227,6 @@ def _network_maps(
     if mirror:
         maps = torch.flip(maps, dims=(3,))
     return torch.rot90(maps, -turns, dims=(2, 3))
-
-
-def _architecture(predictor: Predictor) -> ModelConfig:
-    """The output layout of the predictor's network (only its heads matter here)."""
-    return ModelConfig(classes=predictor.classes, detection_head=predictor.detection_head)
 
 
 def cells_from_maps(

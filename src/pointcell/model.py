@@ -155,11 +155,11 @@ def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> None
 
 
 def split_proximity(
-    logits: torch.Tensor, config: ModelConfig
+    logits: torch.Tensor, detection_head: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The segmentation logits (B, n_outputs, H, W) and, with a detection head, the proximity
     logit (B, H, W)."""
-    if not config.detection_head:
+    if not detection_head:
         return logits, None
     return logits[:, :-1], logits[:, -1]
 

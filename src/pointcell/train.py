@@ -420,7 +420,7 @@ class Trainer:
         self, logits: torch.Tensor, targets: dict[str, torch.Tensor], tasks: tuple[str, ...]
     ) -> dict[str, torch.Tensor]:
         """The losses of ``tasks``, the class loss and, with a detection head, its own."""
-        logits, proximity = split_proximity(logits, self.config.model)
+        logits, proximity = split_proximity(logits, self.config.model.detection_head)
         losses = task_losses(logits, targets, tasks)
         if proximity is not None:
             losses["proximity"] = proximity_loss(proximity, targets["proximity"])
