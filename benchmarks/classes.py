@@ -30,6 +30,7 @@ from pointcell.io.checkpoints import load_checkpoint  # noqa: E402
 from pointcell.io.images import read_image  # noqa: E402
 from pointcell.io.points import Points, read_points, write_points_csv  # noqa: E402
 from pointcell.metrics import match_points  # noqa: E402
+from pointcell.model import ModelConfig  # noqa: E402
 
 RUNS = REPO / "runs"
 REUSED: list[str] = []  # finished training runs found in runs/ and not retrained
@@ -181,7 +182,7 @@ def zero_based_points(source: Path, target: Path) -> Path:
 
 
 def crchisto(
-    steps: int, unclicked_steps: int, anneal_steps: int, head_steps: int
+    steps: int, unclicked_steps: int, anneal_steps: int, head_steps: int, tune: bool
 ) -> list[tuple[str, dict]]:
     data = SHARED / "crchisto"
     published = json.loads((data / "split.json").read_text())
@@ -196,6 +197,7 @@ def crchisto(
     # CRCHisto's clicks are not exhaustive (about two thirds of the false detections of a
     # model trained with unclicked = ignore lie more than 6 µm from any click): the model
     # may learn which nuclei the annotators skipped
+    trained: dict[str, str] = {}  # run name: its row's label
     variants = (
         ("classes-crchisto", steps, (), "HED jitter 0.05"),
         ("classes-crchisto-unclicked", unclicked_steps, ("--unclicked", "background"),
@@ -208,7 +210,8 @@ def crchisto(
         out = RUNS / f"{name}-pred"
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
         steps_label = f"{trained_steps(run)[0]} steps, kept: step {best_step(run)}"
-        outputs.append((f"pointcell ({label}; {steps_label})", out))
+        trained[name] = f"pointcell ({label}; {steps_label})"
+        outputs.append((trained[name], out))
 
     def continued(name: str, base: Path, length: int, extra: tuple[str, ...]) -> Path:
         """Train run ``name`` on from ``base``'s best checkpoint; its test predictions."""
@@ -232,6 +235,7 @@ def crchisto(
             f"HED jitter 0.05; {best_step(base)} steps, then {anneal_steps} with cosine-decayed "
             f"lr, kept: step {best_step(base)} + {best_step(RUNS / 'classes-crchisto-annealed')}"
         )
+        trained["classes-crchisto-annealed"] = f"pointcell ({label})"
         outputs.append((f"pointcell ({label})", out))
     if head_steps:
         # the best classifier so far given a detection head (SC-CNN's proximity target) and
@@ -245,12 +249,26 @@ def crchisto(
             f"the row above + detection head, {head_steps} steps (flat, then cosine from half "
             f"way), kept: step {best_step(RUNS / 'classes-crchisto-head')}"
         )
+        trained["classes-crchisto-head"] = f"pointcell ({label})"
         outputs.append((f"pointcell ({label})", out))
+    if tune:
+        # each trained model's detection threshold chosen on its run's validation clicks
+        # (pointcell tune, with TTA as the test predictions), then the test split predicted
+        for name, label in list(trained.items()):
+            model = RUNS / f"{name}-tuned.pt"
+            tuned_after(model, RUNS / name)
+            if not model.is_file():
+                cli("tune", "--model", str(RUNS / name), "--tta", "--out", str(model))
+            out = RUNS / f"{name}-tuned-pred"
+            predict_and_evaluate(model, test, gt, CRC_MPP, out)
+            row = next(i for i, (text, _) in enumerate(outputs, start=1) if text == label)
+            setting = tuned_value(model)
+            outputs.append((f"model {row}, threshold tuned on validation clicks: {setting}", out))
     results = []
-    for label, out in outputs:
+    for number, (label, out) in enumerate(outputs, start=1):
         scores = json.loads((out / "evaluation.json").read_text())["aggregate"]
         scores["det_f1_6px"] = f1_at_published_radius(out, gt)
-        results.append((label, scores))
+        results.append((f"{number}. {label}", scores))
     return results
 
 
@@ -377,6 +395,20 @@ INTRO = [
 SECTIONS = {"crchisto": "## CRCHistoPhenotypes", "shidc": "## SHIDC-B-Ki-67"}
 
 
+def tuned_after(model: Path, run: Path) -> None:
+    """Forget a tuned model made before its run's weights last changed."""
+    if model.is_file() and model.stat().st_mtime < resolve_checkpoint(run).stat().st_mtime:
+        model.unlink()
+
+
+def tuned_value(model: Path) -> str:
+    """The tuned setting of a model file, as a label."""
+    state = load_checkpoint(model)
+    post = state["postprocess"]
+    head = ModelConfig.from_dict(state["config"]["model"]).detection_head
+    return f"min proximity {post['min_proximity']}" if head else f"foreground {post['foreground']}"
+
+
 def run_line(command: str, start: float) -> str:
     minutes = (time.perf_counter() - start) / 60
     reused = f"; finished training runs reused: {', '.join(REUSED)}" if REUSED else ""
@@ -386,10 +418,10 @@ def run_line(command: str, start: float) -> str:
 
 
 def crchisto_section(
-    steps: int, unclicked_steps: int, anneal_steps: int, head_steps: int, command: str
+    steps: int, unclicked_steps: int, anneal_steps: int, head_steps: int, tune: bool, command: str
 ) -> list[str]:
     start = time.perf_counter()
-    rows = crchisto(steps, unclicked_steps, anneal_steps, head_steps)
+    rows = crchisto(steps, unclicked_steps, anneal_steps, head_steps, tune)
     return [
         f"{SECTIONS['crchisto']}, published test split ({CRC_MPP} µm/px, 70 train / 10 val / "
         "20 test images; unlabelled clicks count for detection only)",
@@ -465,6 +497,12 @@ def main() -> None:
         "head (pointcell train --detection-head) and trains on (default 0: left out)",
     )
     parser.add_argument(
+        "--crchisto-tune",
+        action="store_true",
+        help="also score each CRCHisto model with its detection threshold tuned on the "
+        "validation clicks (pointcell tune)",
+    )
+    parser.add_argument(
         "--parts",
         nargs="+",
         choices=sorted(SECTIONS),
@@ -487,6 +525,7 @@ def main() -> None:
                 unclicked,
                 args.crchisto_anneal_steps,
                 args.crchisto_head_steps,
+                args.crchisto_tune,
                 command.strip(),
             )
         else:

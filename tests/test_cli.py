@@ -5,6 +5,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pointcell.cli import main
+from pointcell.io.images import read_label_image
 
 
 def test_labels_command(sample, tmp_path):
@@ -201,6 +202,26 @@ def test_predict_min_distance_keeps_detections_apart(sample, tmp_path):
     assert 0 < len(spread) < len(default)
     # peaks keep 6 µm apart; only a separate object without its own peak may come closer
     assert close_pairs(spread) <= close_pairs(default) / 3
+
+
+def test_predict_foreground_threshold_is_applied_and_recorded(sample, tmp_path):
+    def predict(extra: list[str]) -> tuple[int, dict]:
+        out = tmp_path / f"out{len(extra)}"
+        args = ["predict", "--images", str(sample / "images"), "--out", str(out), "--no-overlay"]
+        result = CliRunner().invoke(main, [*args, *extra])
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "predictions.json").read_text())
+        nucleus_pixels = sum(
+            (read_label_image(out / f"{s}.tif") > 0).sum() for s in record["images"]
+        )
+        return nucleus_pixels, record["postprocess"]
+
+    (argmax_pixels, argmax), (low_pixels, low) = (
+        predict([]),
+        predict(["--foreground", "0.2", "--min-probability", "0.2"]),
+    )
+    assert argmax["foreground"] == 0.5 and low["foreground"] == low["min_probability"] == 0.2
+    assert low_pixels > 1.3 * argmax_pixels  # outlines reach down to probability 0.2
 
 
 def test_labels_unclicked_background(sample, tmp_path):

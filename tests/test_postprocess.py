@@ -86,6 +86,20 @@ def test_objects_less_probable_than_the_minimum_are_dropped():
     assert len(postprocess(prob, mpp=0.5, params=strict).xy) == 0
 
 
+def test_a_lower_foreground_keeps_faint_nuclei_and_widens_outlines():
+    prob = np.zeros((40, 40), np.float32)
+    prob[5:15, 5:15] = 0.4  # a faint nucleus
+    prob[24:36, 24:36] = 0.4  # a confident one with a faint rim
+    prob[26:34, 26:34] = 0.8
+    cells = postprocess(prob, mpp=0.5, params=PostprocessParams(min_area_um2=0))
+    assert len(cells.xy) == 1 and cells.areas().tolist() == [64]
+    low = PostprocessParams(min_area_um2=0, foreground=0.35, min_probability=0.35)
+    cells = postprocess(prob, mpp=0.5, params=low)
+    assert len(cells.xy) == 2 and sorted(cells.areas().tolist()) == [100, 144]
+    with pytest.raises(ValueError, match="foreground"):
+        PostprocessParams(foreground=1.0)
+
+
 def test_empty_map_gives_no_cells():
     cells = postprocess(np.zeros((20, 20), np.float32), mpp=0.5)
     assert cells.labels.max() == 0 and cells.xy.shape == (0, 2)

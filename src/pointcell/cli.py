@@ -466,6 +466,12 @@ def train(
     "confident cells: objects whose highest probability is lower are dropped.",
 )
 @click.option(
+    "--foreground",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Nucleus mask threshold on the probability (the model's default: 0.5, the argmax); "
+    "lower it with --min-probability to find fainter nuclei (pointcell tune chooses both).",
+)
+@click.option(
     "--min-proximity",
     type=click.FloatRange(0, 1),
     help="Models with a detection head: lowest proximity peak that is a cell (the model's "
@@ -537,6 +543,7 @@ def predict(
     min_area_um2: float | None,
     min_distance_um: float | None,
     min_probability: float | None,
+    foreground: float | None,
     min_proximity: float | None,
     centre: CentreMethod | None,
     tta: bool,
@@ -586,6 +593,7 @@ def predict(
         "min_area_um2": min_area_um2,
         "min_distance_um": min_distance_um,
         "min_probability": min_probability,
+        "foreground": foreground,
         "min_proximity": min_proximity,
         "centre": centre,
     }
@@ -803,6 +811,91 @@ def export(model_path: str, out: Path, half: bool) -> None:
 
     written = export_model(resolve_checkpoint(model_path), out, half=half)
     click.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    help="Shipped model name, run folder (uses best.pt) or checkpoint file.",
+)
+@click.option(
+    "--images",
+    type=click.Path(exists=True, path_type=Path),
+    help="Held-out image file or folder (not the images the model was trained on); default: "
+    "the validation images of the run given as --model.",
+)
+@click.option(
+    "--points",
+    type=click.Path(exists=True, path_type=Path),
+    help="Their clicks (CSV, GeoJSON, XML) or instance masks, matched by file name; points "
+    "files of other images are ignored.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Model file to write (.pt): the same weights with the tuned settings.",
+)
+@click.option(
+    "--radius-um",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="A detection counts when it lies this close to a click.",
+)
+@_mpp_option
+@click.option("--tta", is_flag=True, help="Tune on test-time augmented maps (predict with --tta).")
+@_device_options
+def tune(
+    model_path: str,
+    images: Path | None,
+    points: Path | None,
+    out: Path,
+    radius_um: float,
+    mpp: float | None,
+    tta: bool,
+    device: str,
+    precision: Precision,
+) -> None:
+    """Choose the detection threshold that best finds the clicked cells of held-out images and
+    write a model that uses it (the network runs once per image)."""
+    from pointcell.inference import load_predictor
+    from pointcell.tune import (
+        HeldOutImages,
+        predict_clicked,
+        tune_postprocess,
+        tuned_setting,
+        validation_images,
+        write_tuned_model,
+    )
+
+    if images is not None and points is not None:
+        held_out = HeldOutImages(images, points)
+    elif images is None and points is None:
+        held_out = validation_images(model_path)
+    else:
+        raise click.UsageError("give both --images and --points, or neither (a run's validation)")
+    predictor = load_predictor(model_path, device=device, precision=precision)
+    items = predict_clicked(predictor, held_out, mpp=mpp, tta=tta)
+    trials = tune_postprocess(predictor, items, radius_um=radius_um)
+    knob = tuned_setting(predictor)
+    columns = [knob] if predictor.detection_head else [knob, "min_probability"]
+    click.echo("  ".join(f"{c:>15}" for c in columns) + "  precision  recall     F1")
+    for trial in sorted(trials, key=lambda t: [getattr(t.params, c) for c in columns]):
+        s = trial.scores
+        mark = " (model's)" if trial.params == predictor.postprocess else ""
+        click.echo(
+            "  ".join(f"{getattr(trial.params, c):15.2f}" for c in columns)
+            + f"  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:.3f}{mark}"
+        )
+    best = trials[0]
+    write_tuned_model(model_path, out, best.params)
+    click.echo(
+        f"best {knob} {getattr(best.params, knob):.2f} on {len(items)} image(s): detection F1 "
+        f"{best.scores.f1:.3f}; wrote {out} (use it with pointcell predict --model {out})"
+    )
 
 
 @main.command()

@@ -25,6 +25,9 @@ def test_points_without_image_is_an_error(tmp_path):
     touch(tmp_path / "pts" / "typo.csv")
     with pytest.raises(PointcellInputError, match="no image for points file.*typo.csv"):
         pair_images_with_points(tmp_path / "img", tmp_path / "pts")
+    # pairing a subset of the annotated images (a validation split) is allowed when asked
+    pairs = pair_images_with_points(tmp_path / "img", tmp_path / "pts", points_without_image=True)
+    assert [(p.image.name, p.points.name) for p in pairs] == [("a.png", "a.csv")]
 
 
 def test_two_points_files_for_one_image_is_an_error(tmp_path):

@@ -50,13 +50,17 @@ def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
 
 
 def pair_images_with_points(
-    images: str | os.PathLike[str], points: str | os.PathLike[str]
+    images: str | os.PathLike[str],
+    points: str | os.PathLike[str],
+    *,
+    points_without_image: bool = False,
 ) -> list[ImagePointsPair]:
     """Pair every points file with the image of the same stem.
 
     ``images`` and ``points`` are folders or single files. A points file without an image is an
-    error (a typo would silently lose annotations); an image without points is skipped with a
-    warning. Points may also be instance-label masks (``.tif``/``.png`` in the points folder).
+    error (a typo would silently lose annotations) unless ``points_without_image`` (a subset
+    of the annotated images, e.g. a validation split); an image without points is skipped with
+    a warning. Points may also be instance-label masks (``.tif``/``.png`` in the points folder).
     """
     images, points = Path(images), Path(points)
     image_files = _by_stem(_files(images, IMAGE_SUFFIXES, "images"), "image")
@@ -78,7 +82,7 @@ def pair_images_with_points(
             raise PointcellInputError(f"{points}: no points file named {images.stem}.*")
         return [ImagePointsPair(images, point_by_stem[images.stem])]
     orphans = sorted(set(point_by_stem) - set(image_files))
-    if orphans:
+    if orphans and not points_without_image:
         raise PointcellInputError(
             f"no image for points file(s) {', '.join(str(point_by_stem[s]) for s in orphans)} "
             f"in {images}; images are matched to points by file name without extension"
@@ -91,4 +95,5 @@ def pair_images_with_points(
             PointcellWarning,
             stacklevel=2,
         )
-    return [ImagePointsPair(image_files[s], point_by_stem[s]) for s in sorted(point_by_stem)]
+    paired = sorted(set(point_by_stem) & set(image_files))
+    return [ImagePointsPair(image_files[s], point_by_stem[s]) for s in paired]

@@ -1,0 +1,174 @@
+"""Tuning the detection threshold on clicked images: known maps with known best settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pointcell.cli import main
+from pointcell.errors import PointcellInputError
+from pointcell.inference import load_predictor
+from pointcell.postprocess import PostprocessParams
+from pointcell.tune import (
+    FOREGROUND_GRID,
+    ClickedMaps,
+    HeldOutImages,
+    candidate_params,
+    predict_clicked,
+    score_params,
+    tune_postprocess,
+    validation_images,
+    write_tuned_model,
+)
+
+SHAPE = (64, 64)
+
+
+def blob_map(centres_xy, heights, *, radius=4.0) -> np.ndarray:
+    """A probability map of flat-topped disks of the given heights on 0.02."""
+    rows, cols = np.mgrid[0 : SHAPE[0], 0 : SHAPE[1]]
+    prob = np.full(SHAPE, 0.02, np.float32)
+    for (x, y), height in zip(centres_xy, heights, strict=True):
+        prob[(cols - x) ** 2 + (rows - y) ** 2 <= radius**2] = height
+    return prob
+
+
+# two confident clicked nuclei, two faint clicked ones, one faint unclicked one
+CENTRES = [(12, 12), (50, 12), (12, 50), (50, 50), (31, 31)]
+HEIGHTS = [0.9, 0.9, 0.4, 0.4, 0.4]
+CLICKS = np.array(CENTRES[:4], float)
+
+
+def test_candidates_start_with_the_current_setting():
+    base = PostprocessParams()
+    plain = candidate_params(base, detection_head=False)
+    assert plain[0] == base
+    assert sorted(p.foreground for p in plain) == sorted(FOREGROUND_GRID)
+    assert all(p.min_probability == p.foreground for p in plain[1:])
+    head = candidate_params(replace(base, min_proximity=0.17), detection_head=True)
+    assert head[0].min_proximity == 0.17
+    assert len({p.min_proximity for p in head}) == len(head)
+    assert all(p.foreground == base.foreground for p in head)
+
+
+def test_a_lower_foreground_finds_faint_clicked_nuclei(small_checkpoint):
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    predictor.postprocess = PostprocessParams()
+    item = ClickedMaps("a", blob_map(CENTRES, HEIGHTS)[None], CLICKS, 0.5)
+    at_argmax = score_params(predictor, [item], PostprocessParams(), radius_um=3.0)
+    assert (at_argmax.tp, at_argmax.fp, at_argmax.fn) == (2, 0, 2)
+    trials = tune_postprocess(predictor, [item], radius_um=3.0)
+    best = trials[0]
+    # 0.3 and 0.35 both find all five blobs (F1 8/9); the one nearer 0.5 is kept
+    assert best.params.foreground == best.params.min_probability == 0.35
+    assert (best.scores.tp, best.scores.fp, best.scores.fn) == (4, 1, 0)
+    assert best.scores.f1 == pytest.approx(8 / 9)
+    assert len(trials) == len(FOREGROUND_GRID)
+
+
+def test_the_current_setting_wins_a_tie(small_checkpoint):
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    predictor.postprocess = PostprocessParams()
+    confident = ClickedMaps("a", blob_map(CENTRES[:2], HEIGHTS[:2])[None], CLICKS[:2], 0.5)
+    best = tune_postprocess(predictor, [confident])[0]
+    assert best.params == PostprocessParams()
+    with pytest.raises(PointcellInputError, match="no clicked images"):
+        tune_postprocess(predictor, [])
+
+
+def test_a_detection_head_tunes_its_peak_threshold(small_checkpoint):
+    predictor = replace(load_predictor(small_checkpoint, device="cpu"), detection_head=True)
+    predictor.postprocess = PostprocessParams()
+    prob = blob_map(CENTRES, HEIGHTS)
+    # proximity peaks: two clear, one weak clicked (0.17), one weaker unclicked (0.12)
+    proximity = blob_map(CENTRES[:3] + CENTRES[4:], [0.9, 0.9, 0.17, 0.12], radius=0)
+    item = ClickedMaps("a", np.stack([prob, proximity]), CLICKS[:3], 0.5)
+    trials = tune_postprocess(predictor, [item])
+    assert trials[0].params.min_proximity == 0.15
+    assert (trials[0].scores.tp, trials[0].scores.fp, trials[0].scores.fn) == (3, 0, 0)
+    by_value = {t.params.min_proximity: t.scores for t in trials}
+    assert (by_value[0.2].tp, by_value[0.2].fn) == (2, 1)
+    assert (by_value[0.1].tp, by_value[0.1].fp) == (3, 1)
+
+
+def test_tuned_model_keeps_its_weights_and_carries_the_setting(small_checkpoint, tmp_path):
+    chosen = PostprocessParams(foreground=0.35, min_probability=0.35)
+    out = write_tuned_model(small_checkpoint, tmp_path / "tuned.pt", chosen)
+    tuned, source = load_predictor(out, device="cpu"), load_predictor(small_checkpoint)
+    assert tuned.postprocess == chosen
+    weights = source.model.state_dict()
+    for name, tensor in tuned.model.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+
+
+def test_predict_clicked_pairs_maps_with_clicks(small_checkpoint, disk_dataset):
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    (disk_dataset / "points" / "not-held-out.csv").write_text("x,y\n5,5\n")  # ignored
+    held_out = HeldOutImages(disk_dataset / "images", disk_dataset / "points")
+    items = predict_clicked(predictor, held_out, progress=False)
+    assert [i.stem for i in items] == ["img0", "img1", "img2"]
+    for item in items:
+        assert item.maps.shape == (1, 96, 96)
+        assert item.clicks_xy.shape == (6, 2)
+        assert item.mpp == pytest.approx(0.5)
+    some = replace(held_out, stems=("img2",), mpp=0.25)
+    (item,) = predict_clicked(predictor, some, progress=False)
+    assert item.stem == "img2" and item.mpp == 0.25
+    with pytest.raises(PointcellInputError, match="img7"):
+        predict_clicked(predictor, replace(held_out, stems=("img7",)), progress=False)
+
+
+def fake_run(folder, checkpoint, data, val: list[str]):
+    """A run folder as training leaves it: best.pt, config.json and split.json."""
+    folder.mkdir()
+    shutil.copy(checkpoint, folder / "best.pt")
+    config = {"images": str(data / "images"), "points": str(data / "points"), "mpp": 0.5}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "split.json").write_text(json.dumps({"train": ["img0"], "val": val}))
+    return folder
+
+
+def test_validation_images_of_a_run(small_checkpoint, disk_dataset, tmp_path):
+    run = fake_run(tmp_path / "run", small_checkpoint, disk_dataset, ["img1", "img2"])
+    held_out = validation_images(run)
+    assert held_out == HeldOutImages(
+        disk_dataset / "images", disk_dataset / "points", ("img1", "img2"), 0.5
+    )
+    assert validation_images(run / "best.pt") == held_out
+    with pytest.raises(PointcellInputError, match="not a training run"):
+        validation_images(tmp_path)
+    empty = fake_run(tmp_path / "empty", small_checkpoint, disk_dataset, [])
+    with pytest.raises(PointcellInputError, match="no validation images"):
+        validation_images(empty)
+
+
+def test_tune_command_writes_the_best_model(small_checkpoint, disk_dataset, tmp_path):
+    out = tmp_path / "tuned.pt"
+    args = ["tune", "--model", str(small_checkpoint), "--out", str(out), "--device", "cpu"]
+    data = ["--images", str(disk_dataset / "images"), "--points", str(disk_dataset / "points")]
+    result = CliRunner().invoke(main, [*args, *data])
+    assert result.exit_code == 0, result.output
+    assert "foreground" in result.output and "(model's)" in result.output
+    assert "on 3 image(s)" in result.output
+    best = float(result.output.split("best foreground ")[1].split()[0])
+    assert load_predictor(out, device="cpu").postprocess.foreground == pytest.approx(best)
+    half = CliRunner().invoke(main, [*args, *data[:2]])
+    assert half.exit_code == 2 and "both --images and --points" in half.output
+
+
+def test_tune_command_defaults_to_the_runs_validation_images(
+    small_checkpoint, disk_dataset, tmp_path
+):
+    run = fake_run(tmp_path / "run", small_checkpoint, disk_dataset, ["img1", "img2"])
+    out = tmp_path / "tuned.pt"
+    result = CliRunner().invoke(main, ["tune", "--model", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "on 2 image(s)" in result.output and out.is_file()
+    shipped = CliRunner().invoke(main, ["tune", "--model", "pointcell-he", "--out", str(out)])
+    assert shipped.exit_code == 1 and "--images and --points" in shipped.output
