@@ -116,6 +116,11 @@ def test_train_and_resume_commands(tmp_path):
     assert config["augment"]["stain_scale_range"] == [0.5, 1.0]
     assert (config["lr_schedule"], config["anneal_from"]) == ("flat-cosine", 0.5)
     assert config["model"]["detection_head"] is True
+    # the closing hint tunes the head's threshold on the run's validation clicks
+    hint = result.output.split("validation clicks: pointcell ")[1].split()
+    tuned = CliRunner().invoke(main, [*hint, "--device", "cpu"])
+    assert tuned.exit_code == 0, tuned.output
+    assert "min_proximity" in tuned.output and (tmp_path / "run" / "tuned.pt").is_file()
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "already holds a run" in again.output
     resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "run")])

@@ -185,6 +185,22 @@ def test_unclicked_nuclei_become_background_only_when_asked(disks):
         EncodingParams(unclicked="drop")
 
 
+def test_excluded_unclicked_nuclei_leave_the_cluster_loss(disks):
+    clicked = disks.centres_xy[:1]  # (20, 20); the disk at (75, 72) lies 18 µm away
+    far = disks.truth == 4
+    default = cluster_label(disks.image, clicked, mpp=disks.mpp)
+    assert (default[far] == BACKGROUND).all()  # beyond the 12 µm cell radius
+    excluded = cluster_label(
+        disks.image, clicked, mpp=disks.mpp, params=EncodingParams(unclicked="exclude")
+    )
+    inner = ndimage.binary_erosion(far, iterations=2)
+    assert (excluded[inner] == IGNORE).all()
+    # only unclicked blobs change: the clicked nucleus and plain background stay as they were
+    changed = excluded != default
+    assert not changed[~ndimage.binary_dilation(disks.truth > 1, iterations=3)].any()
+    np.testing.assert_array_equal(excluded == NUCLEUS, default == NUCLEUS)
+
+
 def test_encode_zero_points_is_all_background_for_clusters(disks):
     enc = encode(disks.image, np.empty((0, 2)), mpp=0.25)
     assert (enc.cluster == BACKGROUND).all()

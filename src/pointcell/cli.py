@@ -69,11 +69,13 @@ def _encoding_options(function):  # noqa: ANN001, ANN202
     )(function)
     function = click.option(
         "--unclicked",
-        type=click.Choice(["ignore", "background"]),
+        type=click.Choice(["ignore", "background", "exclude"]),
         default="ignore",
         show_default=True,
-        help="Stained nuclei with no click near them: ignore (clicks may miss cells) or "
-        "background (every cell of interest is clicked, e.g. an IHC score that skips stroma).",
+        help="Stained nuclei with no click near them: ignore (left to the clustering, which "
+        "mostly calls them background), background (every cell of interest is clicked, e.g. an "
+        "IHC score that skips stroma) or exclude (clicks are sparse: the cluster loss skips "
+        "them).",
     )(function)
     return click.option(
         "--seed", type=int, default=0, show_default=True, help="Seed of the global k-means."
@@ -433,6 +435,11 @@ def train(
         f"trained {result.steps} steps; best validation detection F1 {best}; "
         f"checkpoints in {result.run_dir}"
     )
+    if result.best_score is not None:
+        click.echo(
+            "tune its detection threshold on the validation clicks: pointcell tune --model "
+            f"{result.run_dir} --out {result.run_dir / 'tuned.pt'}"
+        )
 
 
 @main.command()

@@ -49,6 +49,8 @@ class ClickedMaps:
 
 @dataclass(frozen=True)
 class Trial:
+    """One candidate setting and its pooled detection scores."""
+
     params: PostprocessParams
     scores: DetectionScores
 
