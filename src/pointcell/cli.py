@@ -59,6 +59,16 @@ def _mpp_option(function):  # noqa: ANN001, ANN202
     )(function)
 
 
+def _radius_option(function):  # noqa: ANN001, ANN202
+    return click.option(
+        "--radius-um",
+        type=click.FloatRange(min=0, min_open=True),
+        default=3.0,
+        show_default=True,
+        help="Matching radius: a detection counts when it lies this close to a true cell.",
+    )(function)
+
+
 def _encoding_options(function):  # noqa: ANN001, ANN202
     function = click.option(
         "--clustering",
@@ -692,13 +702,7 @@ def predict(
     type=click.Path(path_type=Path),
     help="Ground truth: masks, Aperio XML, GeoJSON outlines, or points.",
 )
-@click.option(
-    "--radius-um",
-    type=click.FloatRange(min=0, min_open=True),
-    default=3.0,
-    show_default=True,
-    help="Matching radius of detections.",
-)
+@_radius_option
 @_mpp_option
 @click.option(
     "--out",
@@ -845,13 +849,7 @@ def export(model_path: str, out: Path, half: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Model file to write (.pt): the same weights with the tuned settings.",
 )
-@click.option(
-    "--radius-um",
-    type=click.FloatRange(min=0, min_open=True),
-    default=3.0,
-    show_default=True,
-    help="A detection counts when it lies this close to a click.",
-)
+@_radius_option
 @_mpp_option
 @click.option("--tta", is_flag=True, help="Tune on test-time augmented maps (predict with --tta).")
 @_device_options
