@@ -182,7 +182,12 @@ def zero_based_points(source: Path, target: Path) -> Path:
 
 
 def crchisto(
-    steps: int, unclicked_steps: int, anneal_steps: int, head_steps: int, tune: bool
+    steps: int,
+    unclicked_steps: int,
+    anneal_steps: int,
+    head_steps: int,
+    exclude_steps: int,
+    tune: bool,
 ) -> list[tuple[str, dict]]:
     data = SHARED / "crchisto"
     published = json.loads((data / "split.json").read_text())
@@ -251,6 +256,22 @@ def crchisto(
         )
         trained["classes-crchisto-head"] = f"pointcell ({label})"
         outputs.append((f"pointcell ({label})", out))
+    if exclude_steps:
+        # the annealed weights trained on with unclicked stained nuclei out of the cluster loss
+        # (the clustering otherwise labels most of their pixels background)
+        base = RUNS / ("classes-crchisto-annealed" if anneal_steps else "classes-crchisto")
+        out = continued(
+            "classes-crchisto-exclude", base, exclude_steps,
+            ("--unclicked", "exclude", "--lr-schedule", "flat-cosine", "--anneal-from", "0.5"),
+        )  # fmt: skip
+        row = [text for text, _ in outputs].index(trained[base.name]) + 1
+        label = (
+            f"model {row} trained {exclude_steps} steps more "
+            "with `--unclicked exclude` (flat, then cosine from half way), kept: step "
+            f"{best_step(RUNS / 'classes-crchisto-exclude')}"
+        )
+        trained["classes-crchisto-exclude"] = f"pointcell ({label})"
+        outputs.append((f"pointcell ({label})", out))
     if tune:
         # each trained model's detection threshold chosen on its run's validation clicks
         # (pointcell tune, with TTA as the test predictions), then the test split predicted
@@ -261,7 +282,7 @@ def crchisto(
                 cli("tune", "--model", str(RUNS / name), "--tta", "--out", str(model))
             out = RUNS / f"{name}-tuned-pred"
             predict_and_evaluate(model, test, gt, CRC_MPP, out)
-            row = next(i for i, (text, _) in enumerate(outputs, start=1) if text == label)
+            row = [text for text, _ in outputs].index(label) + 1
             setting = tuned_value(model)
             outputs.append((f"model {row}, threshold tuned on validation clicks: {setting}", out))
     results = []
@@ -417,11 +438,9 @@ def run_line(command: str, start: float) -> str:
     return f"{provenance()}. Command: `{command}` ({minutes:.0f} min, 2 CPU cores{reused})."
 
 
-def crchisto_section(
-    steps: int, unclicked_steps: int, anneal_steps: int, head_steps: int, tune: bool, command: str
-) -> list[str]:
+def crchisto_section(steps: dict[str, int], tune: bool, command: str) -> list[str]:
     start = time.perf_counter()
-    rows = crchisto(steps, unclicked_steps, anneal_steps, head_steps, tune)
+    rows = crchisto(**steps, tune=tune)
     return [
         f"{SECTIONS['crchisto']}, published test split ({CRC_MPP} µm/px, 70 train / 10 val / "
         "20 test images; unlabelled clicks count for detection only)",
@@ -497,6 +516,13 @@ def main() -> None:
         "head (pointcell train --detection-head) and trains on (default 0: left out)",
     )
     parser.add_argument(
+        "--crchisto-exclude-steps",
+        type=int,
+        default=0,
+        help="steps of a CRCHisto variant that trains the annealed weights on with "
+        "--unclicked exclude (default 0: left out)",
+    )
+    parser.add_argument(
         "--crchisto-tune",
         action="store_true",
         help="also score each CRCHisto model with its detection threshold tuned on the "
@@ -520,14 +546,14 @@ def main() -> None:
         if part not in args.parts:
             lines += kept_section(previous, heading)
         elif part == "crchisto":
-            lines += crchisto_section(
-                crc_steps,
-                unclicked,
-                args.crchisto_anneal_steps,
-                args.crchisto_head_steps,
-                args.crchisto_tune,
-                command.strip(),
-            )
+            steps = {
+                "steps": crc_steps,
+                "unclicked_steps": unclicked,
+                "anneal_steps": args.crchisto_anneal_steps,
+                "head_steps": args.crchisto_head_steps,
+                "exclude_steps": args.crchisto_exclude_steps,
+            }
+            lines += crchisto_section(steps, args.crchisto_tune, command.strip())
         else:
             lines += shidc_section(args.steps, command.strip())
     write_result("classes.md", "\n".join(lines))
