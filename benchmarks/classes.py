@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +203,12 @@ def crchisto(
     # CRCHisto's clicks are not exhaustive (about two thirds of the false detections of a
     # model trained with unclicked = ignore lie more than 6 µm from any click): the model
     # may learn which nuclei the annotators skipped
-    trained: dict[str, str] = {}  # run name: its row's label
+    trained: dict[str, int] = {}  # run name: its row number in the tables
+
+    def add_trained(name: str, label: str, out: Path) -> None:
+        outputs.append((f"pointcell ({label})", out))
+        trained[name] = len(outputs)
+
     variants = (
         ("classes-crchisto", steps, (), "HED jitter 0.05"),
         ("classes-crchisto-unclicked", unclicked_steps, ("--unclicked", "background"),
@@ -215,74 +221,60 @@ def crchisto(
         out = RUNS / f"{name}-pred"
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
         steps_label = f"{trained_steps(run)[0]} steps, kept: step {best_step(run)}"
-        trained[name] = f"pointcell ({label}; {steps_label})"
-        outputs.append((trained[name], out))
+        add_trained(name, f"{label}; {steps_label}", out)
 
-    def continued(name: str, base: Path, length: int, extra: tuple[str, ...]) -> Path:
-        """Train run ``name`` on from ``base``'s best checkpoint; its test predictions."""
+    def continued(
+        name: str, base: Path, length: int, extra: tuple[str, ...], label: Callable[[int], str]
+    ) -> None:
+        """Train run ``name`` on from ``base``'s best checkpoint, predict the test split and add
+        its row, labelled by ``label`` of the step kept."""
         run = train(
             name, data / "images", gt, CRC_MPP, split, length, extra=extra,
             init_from=str(base / "best.pt"),
         )  # fmt: skip
         out = RUNS / f"{name}-pred"
         predict_and_evaluate(run, test, gt, CRC_MPP, out)
-        return out
+        add_trained(name, label(best_step(run)), out)
 
     if anneal_steps:
         # the constant-lr run's best checkpoint trained on with a learning rate that decays
         # to zero (cosine): the same recipe, ending the way Ranger's authors end theirs
-        base = RUNS / "classes-crchisto"
-        out = continued(
-            "classes-crchisto-annealed", base, anneal_steps,
+        first = best_step(RUNS / "classes-crchisto")
+        continued(
+            "classes-crchisto-annealed", RUNS / "classes-crchisto", anneal_steps,
             ("--lr-schedule", "flat-cosine", "--anneal-from", "0"),
+            lambda kept: f"HED jitter 0.05; {first} steps, then {anneal_steps} with "
+            f"cosine-decayed lr, kept: step {first} + {kept}",
         )  # fmt: skip
-        label = (
-            f"HED jitter 0.05; {best_step(base)} steps, then {anneal_steps} with cosine-decayed "
-            f"lr, kept: step {best_step(base)} + {best_step(RUNS / 'classes-crchisto-annealed')}"
-        )
-        trained["classes-crchisto-annealed"] = f"pointcell ({label})"
-        outputs.append((f"pointcell ({label})", out))
+    best_so_far = RUNS / ("classes-crchisto-annealed" if anneal_steps else "classes-crchisto")
     if head_steps:
         # the best classifier so far given a detection head (SC-CNN's proximity target) and
         # trained on: cells where annotators click, not where nuclei are
-        base = RUNS / ("classes-crchisto-annealed" if anneal_steps else "classes-crchisto")
-        out = continued(
-            "classes-crchisto-head", base, head_steps,
+        continued(
+            "classes-crchisto-head", best_so_far, head_steps,
             ("--detection-head", "--lr-schedule", "flat-cosine", "--anneal-from", "0.5"),
+            lambda kept: f"the row above + detection head, {head_steps} steps (flat, then "
+            f"cosine from half way), kept: step {kept}",
         )  # fmt: skip
-        label = (
-            f"the row above + detection head, {head_steps} steps (flat, then cosine from half "
-            f"way), kept: step {best_step(RUNS / 'classes-crchisto-head')}"
-        )
-        trained["classes-crchisto-head"] = f"pointcell ({label})"
-        outputs.append((f"pointcell ({label})", out))
     if exclude_steps:
         # the annealed weights trained on with unclicked stained nuclei out of the cluster loss
         # (the clustering otherwise labels most of their pixels background)
-        base = RUNS / ("classes-crchisto-annealed" if anneal_steps else "classes-crchisto")
-        out = continued(
-            "classes-crchisto-exclude", base, exclude_steps,
+        continued(
+            "classes-crchisto-exclude", best_so_far, exclude_steps,
             ("--unclicked", "exclude", "--lr-schedule", "flat-cosine", "--anneal-from", "0.5"),
+            lambda kept: f"model {trained[best_so_far.name]} trained {exclude_steps} steps more "
+            f"with `--unclicked exclude` (flat, then cosine from half way), kept: step {kept}",
         )  # fmt: skip
-        row = [text for text, _ in outputs].index(trained[base.name]) + 1
-        label = (
-            f"model {row} trained {exclude_steps} steps more "
-            "with `--unclicked exclude` (flat, then cosine from half way), kept: step "
-            f"{best_step(RUNS / 'classes-crchisto-exclude')}"
-        )
-        trained["classes-crchisto-exclude"] = f"pointcell ({label})"
-        outputs.append((f"pointcell ({label})", out))
     if tune:
         # each trained model's detection threshold chosen on its run's validation clicks
         # (pointcell tune, with TTA as the test predictions), then the test split predicted
-        for name, label in list(trained.items()):
+        for name, row in list(trained.items()):
             model = RUNS / f"{name}-tuned.pt"
             tuned_after(model, RUNS / name)
             if not model.is_file():
                 cli("tune", "--model", str(RUNS / name), "--tta", "--out", str(model))
             out = RUNS / f"{name}-tuned-pred"
             predict_and_evaluate(model, test, gt, CRC_MPP, out)
-            row = [text for text, _ in outputs].index(label) + 1
             setting = tuned_value(model)
             outputs.append((f"model {row}, threshold tuned on validation clicks: {setting}", out))
     results = []

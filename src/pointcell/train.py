@@ -477,11 +477,7 @@ class Trainer:
     def validate(self, images: list[PreparedImage]) -> dict[str, float]:
         """Mean loss of every task over a grid of patches of the validation images."""
         self.model.eval()
-        sums = dict.fromkeys(TASKS, 0.0)
-        if self.config.model.classes:
-            sums["class"] = 0.0
-        if self.config.model.detection_head:
-            sums["proximity"] = 0.0
+        sums: dict[str, float] = {}  # every loss self.losses gives, in its order
         count = 0
         for batch, targets in grid_batches(
             images,
@@ -495,7 +491,7 @@ class Trainer:
                 logits = self.model(batch)
             losses = self.losses(logits, {k: v.to(self.device) for k, v in targets.items()}, TASKS)
             for task, value in losses.items():
-                sums[task] += float(value) * len(batch)
+                sums[task] = sums.get(task, 0.0) + float(value) * len(batch)
             count += len(batch)
         result = {f"val_{k}": v / count for k, v in sums.items()}
         result["val_loss"] = sum(result[f"val_{k}"] for k in TASKS) / len(TASKS)
