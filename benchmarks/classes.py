@@ -6,13 +6,16 @@ training clicks (fine-tuned from the shipped H&E model, HED stain jitter 0.05), 
 test images, evaluates against the test clicks; runs the training-free floor beside it (for
 SHIDC with its DAB threshold tuned on the training patients). Runs are kept in ``runs/`` and
 resumed when interrupted. CRCHisto's clicks are moved by (-1, -1) px first: they come from
-MATLAB files and count pixels from 1. ``--parts crchisto`` (or ``shidc``) runs one data set and
-keeps the other's section of the results file. Writes ``benchmarks/results/classes.md``.
+MATLAB files and count pixels from 1. ``--parts crchisto`` (or ``crchisto-long``, ``shidc``) runs
+one part and keeps the others' sections of the results file; ``crchisto-long`` is one long run
+(``--crchisto-long-steps``) from the shipped model, affordable with bf16 on a CPU with AMX.
+Writes ``benchmarks/results/classes.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shlex
 import subprocess
@@ -63,9 +66,10 @@ def train(
     hed_jitter: float = 0.05,
     extra: tuple[str, ...] = (),
     init_from: str = "pointcell-he",
+    val_every: int | None = None,
 ) -> Path:
     """Train (or resume, extend, or reuse) a run fine-tuned from ``init_from`` (by default the
-    shipped H&E model)."""
+    shipped H&E model), validated ``val_every`` steps (default: 4 times in all)."""
     run = RUNS / name
     if (run / "last.pt").is_file():
         done, total = trained_steps(run)
@@ -73,7 +77,7 @@ def train(
             cli("train", "--resume", str(run), *(("--steps", str(steps)) if total != steps else ()))
         elif done < total:
             cli("train", "--resume", str(run))
-        else:
+        elif name not in REUSED:  # an extended run is asked for at each of its lengths
             REUSED.append(name)
         return run
     split_file = RUNS / f"{name}-split.json"
@@ -89,7 +93,7 @@ def train(
         "--init-from", init_from,
         "--hed-jitter", str(hed_jitter),
         "--steps", str(steps),
-        "--val-every", str(max(1, steps // 4)),
+        "--val-every", str(val_every or max(1, steps // 4)),
         "--out", str(run),
         *extra,
     )  # fmt: skip
@@ -182,15 +186,13 @@ def zero_based_points(source: Path, target: Path) -> Path:
     return target
 
 
-def crchisto(
-    steps: int,
-    unclicked_steps: int,
-    anneal_steps: int,
-    head_steps: int,
-    exclude_steps: int,
-    tune: bool,
-) -> list[tuple[str, dict]]:
-    data = SHARED / "crchisto"
+CRC_DATA = SHARED / "crchisto"
+
+
+def crchisto_setup() -> tuple[dict, list[Path], Path, list[tuple[str, Path]]]:
+    """CRCHisto's published split, test images, 0-based clicks, and the rows every CRCHisto
+    table starts with: the training-free floor and the shipped H&E model."""
+    data = CRC_DATA
     published = json.loads((data / "split.json").read_text())
     split = {"train": published["train"], "val": published["validation"], "test": published["test"]}
     test = [data / "images" / f"{stem}.png" for stem in split["test"]]
@@ -200,6 +202,69 @@ def crchisto(
     zero_shot = RUNS / "classes-crchisto-pointcell-he-pred"
     predict_and_evaluate(Path("pointcell-he"), test, gt, CRC_MPP, zero_shot)
     outputs.append(("`pointcell-he` as shipped (MoNuSeg, 40x; not trained on CRCHisto)", zero_shot))
+    return split, test, gt, outputs
+
+
+def crchisto_run(
+    name: str,
+    steps: int,
+    split: dict,
+    test: list[Path],
+    gt: Path,
+    extra: tuple[str, ...] = (),
+    init_from: str = "pointcell-he",
+    val_every: int | None = None,
+) -> tuple[Path, Path]:
+    """Train (or reuse) run ``name`` on CRCHisto's training split and predict its test split:
+    (run folder, prediction folder)."""
+    run = train(
+        name, CRC_DATA / "images", gt, CRC_MPP, split, steps, extra=extra,
+        init_from=init_from, val_every=val_every,
+    )  # fmt: skip
+    out = RUNS / f"{name}-pred"
+    predict_and_evaluate(run, test, gt, CRC_MPP, out)
+    return run, out
+
+
+def tuned_rows(
+    models: dict[str, tuple[Path, int]], test: list[Path], gt: Path
+) -> list[tuple[str, Path]]:
+    """Each model's (name: (run folder or checkpoint, its row)) detection threshold chosen on
+    its run's validation clicks (pointcell tune, with TTA as the test predictions), then the
+    test split predicted."""
+    rows = []
+    for name, (source, row) in models.items():
+        model = RUNS / f"{name}-tuned.pt"
+        tuned_after(model, source)
+        if not model.is_file():
+            cli("tune", "--model", str(source), "--tta", "--out", str(model))
+        out = RUNS / f"{name}-tuned-pred"
+        predict_and_evaluate(model, test, gt, CRC_MPP, out)
+        rows.append(
+            (f"model {row}, threshold tuned on validation clicks: {tuned_value(model)}", out)
+        )
+    return rows
+
+
+def scored_rows(outputs: list[tuple[str, Path]], gt: Path) -> list[tuple[str, dict]]:
+    """Numbered table rows: each output's evaluation, with detection F1 at 6 px added."""
+    results = []
+    for number, (label, out) in enumerate(outputs, start=1):
+        scores = json.loads((out / "evaluation.json").read_text())["aggregate"]
+        scores["det_f1_6px"] = f1_at_published_radius(out, gt)
+        results.append((f"{number}. {label}", scores))
+    return results
+
+
+def crchisto(
+    steps: int,
+    unclicked_steps: int,
+    anneal_steps: int,
+    head_steps: int,
+    exclude_steps: int,
+    tune: bool,
+) -> list[tuple[str, dict]]:
+    split, test, gt, outputs = crchisto_setup()
     # CRCHisto's clicks are not exhaustive (about two thirds of the false detections of a
     # model trained with unclicked = ignore lie more than 6 µm from any click): the model
     # may learn which nuclei the annotators skipped
@@ -217,9 +282,7 @@ def crchisto(
     for name, length, extra, label in variants:
         if length == 0:
             continue
-        run = train(name, data / "images", gt, CRC_MPP, split, length, extra=extra)
-        out = RUNS / f"{name}-pred"
-        predict_and_evaluate(run, test, gt, CRC_MPP, out)
+        run, out = crchisto_run(name, length, split, test, gt, extra)
         steps_label = f"{trained_steps(run)[0]} steps, kept: step {best_step(run)}"
         add_trained(name, f"{label}; {steps_label}", out)
 
@@ -228,12 +291,7 @@ def crchisto(
     ) -> None:
         """Train run ``name`` on from ``base``'s best checkpoint, predict the test split and add
         its row, labelled by ``label`` of the step kept."""
-        run = train(
-            name, data / "images", gt, CRC_MPP, split, length, extra=extra,
-            init_from=str(base / "best.pt"),
-        )  # fmt: skip
-        out = RUNS / f"{name}-pred"
-        predict_and_evaluate(run, test, gt, CRC_MPP, out)
+        run, out = crchisto_run(name, length, split, test, gt, extra, str(base / "best.pt"))
         add_trained(name, label(best_step(run)), out)
 
     if anneal_steps:
@@ -266,23 +324,52 @@ def crchisto(
             f"with `--unclicked exclude` (flat, then cosine from half way), kept: step {kept}",
         )  # fmt: skip
     if tune:
-        # each trained model's detection threshold chosen on its run's validation clicks
-        # (pointcell tune, with TTA as the test predictions), then the test split predicted
-        for name, row in list(trained.items()):
-            model = RUNS / f"{name}-tuned.pt"
-            tuned_after(model, RUNS / name)
-            if not model.is_file():
-                cli("tune", "--model", str(RUNS / name), "--tta", "--out", str(model))
-            out = RUNS / f"{name}-tuned-pred"
-            predict_and_evaluate(model, test, gt, CRC_MPP, out)
-            setting = tuned_value(model)
-            outputs.append((f"model {row}, threshold tuned on validation clicks: {setting}", out))
-    results = []
-    for number, (label, out) in enumerate(outputs, start=1):
-        scores = json.loads((out / "evaluation.json").read_text())["aggregate"]
-        scores["det_f1_6px"] = f1_at_published_radius(out, gt)
-        results.append((f"{number}. {label}", scores))
-    return results
+        outputs += tuned_rows({n: (RUNS / n, row) for n, row in trained.items()}, test, gt)
+    return scored_rows(outputs, gt)
+
+
+LONG_EXTRA = (
+    "--unclicked", "exclude", "--lr-schedule", "flat-cosine", "--anneal-from", "0.5",
+)  # fmt: skip
+LONG_VAL_EVERY = 500
+
+
+def crchisto_long(steps: list[int]) -> tuple[list[tuple[str, dict]], Path]:
+    """One long run from the shipped H&E model (what bf16 on a CPU with AMX makes affordable):
+    unclicked nuclei out of the cluster loss, constant lr then a cosine decay from half way,
+    validated and snapshotted every 500 steps; trained to ``steps[0]``, then extended to each
+    further length in turn (``pointcell train --resume --steps N`` stretches the decay over
+    the new total, so the rate rises again). Scored with the weights validation picked and
+    with the final ones (the end of the decay), each with and without its tuned threshold."""
+    split, test, gt, outputs = crchisto_setup()
+    name = "classes-crchisto-long"
+    extra = (*LONG_EXTRA, "--snapshot-every", str(LONG_VAL_EVERY))
+    for length in steps[:-1]:
+        train(name, CRC_DATA / "images", gt, CRC_MPP, split, length, extra=extra,
+              val_every=LONG_VAL_EVERY)  # fmt: skip
+    run, out = crchisto_run(name, steps[-1], split, test, gt, extra, val_every=LONG_VAL_EVERY)
+    lengths = ", then extended to ".join(str(n) for n in steps)
+    label = f"HED jitter 0.05; {lengths} steps, `--unclicked exclude`"
+    outputs.append((f"pointcell ({label}, kept by validation: step {best_step(run)})", out))
+    final = RUNS / f"{name}-final-pred"
+    predict_and_evaluate(run / "last.pt", test, gt, CRC_MPP, final)
+    outputs.append((f"pointcell ({label}, final weights)", final))
+    rows = len(outputs)
+    tuned = {name: (run, rows - 1), f"{name}-final": (run / "last.pt", rows)}
+    outputs += tuned_rows(tuned, test, gt)
+    return scored_rows(outputs, gt), run
+
+
+def validation_curve(run: Path) -> str:
+    """A run's training time and validation detection F1 by step, from its metrics.csv."""
+    with (run / "metrics.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    steps, seconds = float(rows[-1]["step"]), float(rows[-1]["elapsed_s"])
+    curve = ", ".join(f"{int(float(r['step']))}: {float(r['val_det_f1']):.3f}" for r in rows)
+    return (
+        f"Training took {seconds / 60:.0f} min ({seconds / steps:.2f} s a step, validation "
+        f"included). Validation detection F1 by step: {curve}."
+    )
 
 
 def shidc_patient_split(images: Path) -> dict[str, list[str]]:
@@ -405,7 +492,11 @@ INTRO = [
     "commit and machine that produced it.",
     "",
 ]
-SECTIONS = {"crchisto": "## CRCHistoPhenotypes", "shidc": "## SHIDC-B-Ki-67"}
+SECTIONS = {
+    "crchisto": "## CRCHistoPhenotypes",
+    "crchisto-long": "## CRCHisto, one long run",
+    "shidc": "## SHIDC-B-Ki-67",
+}
 
 
 def tuned_after(model: Path, run: Path) -> None:
@@ -440,6 +531,28 @@ def crchisto_section(steps: dict[str, int], tune: bool, command: str) -> list[st
         run_line(command, start) + " Clicks moved by (-1, -1) px to count pixels from 0 "
         "(CRCHisto's come from MATLAB files, counted from 1).",
         "",
+        *crchisto_tables(rows),
+    ]
+
+
+def crchisto_long_section(steps: list[int], command: str) -> list[str]:
+    start = time.perf_counter()
+    rows, run = crchisto_long(steps)
+    return [
+        f"{SECTIONS['crchisto-long']} (CRCHisto's published split as above)",
+        "",
+        run_line(command, start) + " Training in bf16 autocast (`--precision auto` on a CPU "
+        "with AVX-512 BF16 and AMX).",
+        "",
+        validation_curve(run),
+        "",
+        *crchisto_tables(rows),
+    ]
+
+
+def crchisto_tables(rows: list[tuple[str, dict]]) -> list[str]:
+    """A CRCHisto section's scores, its errors by cause and the published figures."""
+    return [
         *table(rows, classes=True, index=False),
         "",
         "Where the detection errors are (pooled counts over the test images, 3 µm matching):",
@@ -515,6 +628,14 @@ def main() -> None:
         "--unclicked exclude (default 0: left out)",
     )
     parser.add_argument(
+        "--crchisto-long-steps",
+        type=int,
+        nargs="+",
+        default=[7000, 9500],
+        help="length of the crchisto-long part's run, then the lengths it is extended to in "
+        "turn (default 7000 9500: about 105 min with bf16 on 2 cores with AMX)",
+    )
+    parser.add_argument(
         "--crchisto-tune",
         action="store_true",
         help="also score each CRCHisto model with its detection threshold tuned on the "
@@ -546,6 +667,8 @@ def main() -> None:
                 "exclude_steps": args.crchisto_exclude_steps,
             }
             lines += crchisto_section(steps, args.crchisto_tune, command.strip())
+        elif part == "crchisto-long":
+            lines += crchisto_long_section(args.crchisto_long_steps, command.strip())
         else:
             lines += shidc_section(args.steps, command.strip())
     write_result("classes.md", "\n".join(lines))
