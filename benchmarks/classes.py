@@ -192,11 +192,10 @@ CRC_DATA = SHARED / "crchisto"
 def crchisto_setup() -> tuple[dict, list[Path], Path, list[tuple[str, Path]]]:
     """CRCHisto's published split, test images, 0-based clicks, and the rows every CRCHisto
     table starts with: the training-free floor and the shipped H&E model."""
-    data = CRC_DATA
-    published = json.loads((data / "split.json").read_text())
+    published = json.loads((CRC_DATA / "split.json").read_text())
     split = {"train": published["train"], "val": published["validation"], "test": published["test"]}
-    test = [data / "images" / f"{stem}.png" for stem in split["test"]]
-    gt = zero_based_points(data / "points", RUNS / "crchisto-points-0based")
+    test = [CRC_DATA / "images" / f"{stem}.png" for stem in split["test"]]
+    gt = zero_based_points(CRC_DATA / "points", RUNS / "crchisto-points-0based")
     floor(test, gt, CRC_MPP, RUNS / "classes-crchisto-floor", [])
     outputs = [("floor (hematoxylin watershed)", RUNS / "classes-crchisto-floor")]
     zero_shot = RUNS / "classes-crchisto-pointcell-he-pred"
