@@ -689,6 +689,39 @@ def fit(
         )
 
 
+def _run_config(
+    config: TrainConfig | None, run_dir: Path, *, resume: bool, steps: int | None
+) -> tuple[TrainConfig, dict | None]:
+    """The config to train with and, when resuming, the checkpoint to continue from (its
+    config, stretched to ``steps`` when that is given); a new run must not overwrite one."""
+    if not resume:
+        if config is None:
+            raise ValueError("a new run needs a config")
+        if (run_dir / "last.pt").exists():
+            raise PointcellInputError(
+                f"{run_dir} already holds a run; resume it with --resume "
+                f"{run_dir} or choose another --out"
+            )
+        return config, None
+    state = load_checkpoint(run_dir / "last.pt")
+    config = TrainConfig.from_dict(state["config"])
+    if steps is not None:
+        if steps <= state["step"]:
+            raise PointcellInputError(
+                f"{run_dir} has already trained {state['step']} steps; "
+                f"--steps must be more to train it longer (got {steps})"
+            )
+        config = replace(config, steps=steps, epochs=None)
+        if config.lr_schedule != "constant":
+            log.warning(
+                "the %s learning-rate schedule is stretched over the new total of %d "
+                "steps: the rate goes back up",
+                config.lr_schedule,
+                steps,
+            )
+    return config, state
+
+
 def _fit(
     config: TrainConfig | None,
     run_dir: Path,
@@ -699,31 +732,7 @@ def _fit(
     dist: Distributed,
     device: str,
 ) -> TrainResult:
-    state = None
-    if resume:
-        state = load_checkpoint(run_dir / "last.pt")
-        config = TrainConfig.from_dict(state["config"])
-        if steps is not None:
-            if steps <= state["step"]:
-                raise PointcellInputError(
-                    f"{run_dir} has already trained {state['step']} steps; "
-                    f"--steps must be more to train it longer (got {steps})"
-                )
-            config = replace(config, steps=steps, epochs=None)
-            if config.lr_schedule != "constant":
-                log.warning(
-                    "the %s learning-rate schedule is stretched over the new total of %d "
-                    "steps: the rate goes back up",
-                    config.lr_schedule,
-                    steps,
-                )
-    elif config is None:
-        raise ValueError("a new run needs a config")
-    elif (run_dir / "last.pt").exists():
-        raise PointcellInputError(
-            f"{run_dir} already holds a run; resume it with --resume "
-            f"{run_dir} or choose another --out"
-        )
+    config, state = _run_config(config, run_dir, resume=resume, steps=steps)
     pairs = pair_images_with_points(config.images, config.points)
     if not pairs:
         raise PointcellInputError(
