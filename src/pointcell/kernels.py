@@ -200,8 +200,49 @@ def local_kmeans(
     and cluster (n_cells, k): its pixels on ``disks``, its pixel count and the sum of its
     pixels' distance feature -- what deciding the clusters' roles needs.
     """
+    fit_features, fit_group, assign = _fit_pixels(
+        image,
+        d1,
+        owner,
+        n_groups,
+        k,
+        colour_weight,
+        distance_cap_px,
+        distance_weight_per_px,
+        cell_radius_px,
+        fit_step,
+    )
+    centres = _lloyd(fit_features, fit_group, assign, n_groups, k, iterations, tolerance)
+    return _label_pixels(
+        image,
+        d1,
+        owner,
+        disks,
+        centres,
+        colour_weight,
+        distance_cap_px,
+        distance_weight_per_px,
+        cell_radius_px,
+    )
+
+
+@compiled(fastmath=FASTMATH)
+def _fit_pixels(
+    image: np.ndarray,
+    d1: np.ndarray,
+    owner: np.ndarray,
+    n_groups: int,
+    k: int,
+    colour_weight: float,
+    distance_cap_px: float,
+    distance_weight_per_px: float,
+    cell_radius_px: float,
+    fit_step: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels k-means is fitted on (a grid of spacing ``fit_step``, within the cell
+    radius), gathered into contiguous arrays: their features (n, 4), cells, and starting
+    clusters (their band of distance within the cell)."""
     rows, cols = d1.shape
-    n_features = 4
     largest = np.zeros(n_groups)
     n_fit = 0
     for r in range(0, rows, fit_step):
@@ -210,11 +251,8 @@ def local_kmeans(
                 n_fit += 1
                 g = owner[r, c]
                 largest[g] = max(largest[g], d1[r, c])
-    # the fitted pixels' features and cells, gathered once into contiguous arrays
-    fit_features = np.empty((n_fit, n_features))
+    fit_features = np.empty((n_fit, 4))
     fit_group = np.empty(n_fit, dtype=np.int64)
-    sums = np.zeros((n_groups, k, n_features))
-    counts = np.zeros((n_groups, k))
     assign = np.empty(n_fit, dtype=np.int64)
     t = 0
     for r in range(0, rows, fit_step):
@@ -226,14 +264,33 @@ def local_kmeans(
                 image, d1, r, c, colour_weight, distance_cap_px, distance_weight_per_px
             )
             # the largest distance falls in the last band, one at a band edge in the lower band
-            j = min(int(d1[r, c] / max(largest[g] * (1 + 1e-6), 1e-12) * k), k - 1)
+            assign[t] = min(int(d1[r, c] / max(largest[g] * (1 + 1e-6), 1e-12) * k), k - 1)
             fit_group[t] = g
-            assign[t] = j
-            counts[g, j] += 1
-            for f in range(n_features):
+            for f in range(4):
                 fit_features[t, f] = features[f]
-                sums[g, j, f] += features[f]
             t += 1
+    return fit_features, fit_group, assign
+
+
+@compiled(fastmath=FASTMATH)
+def _lloyd(
+    fit_features: np.ndarray,
+    fit_group: np.ndarray,
+    assign: np.ndarray,
+    n_groups: int,
+    k: int,
+    iterations: int,
+    tolerance: float,
+) -> np.ndarray:
+    """Centres (n_cells, k, 4) of Lloyd's iterations from the clusters ``assign`` (updated in
+    place), each cell's pixels competing for its own centres only."""
+    n_fit, n_features = fit_features.shape
+    sums = np.zeros((n_groups, k, n_features))
+    counts = np.zeros((n_groups, k))
+    for t in range(n_fit):
+        counts[fit_group[t], assign[t]] += 1
+        for f in range(n_features):
+            sums[fit_group[t], assign[t], f] += fit_features[t, f]
     centres = np.full((n_groups, k, n_features), 1e6)  # an empty cluster never wins a pixel
     _update_centres(sums, counts, centres)
     for _ in range(iterations):
@@ -258,11 +315,29 @@ def local_kmeans(
         if changed <= tolerance * n_fit:
             break
         _update_centres(sums, counts, centres)
-    # every pixel of every cell takes its nearest centre; tallies for the roles
+    return centres
+
+
+@compiled(fastmath=FASTMATH)
+def _label_pixels(
+    image: np.ndarray,
+    d1: np.ndarray,
+    owner: np.ndarray,
+    disks: np.ndarray,
+    centres: np.ndarray,
+    colour_weight: float,
+    distance_cap_px: float,
+    distance_weight_per_px: float,
+    cell_radius_px: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every pixel within the cell radius takes its cell's nearest centre; per cell and
+    cluster, the tallies that decide the clusters' roles (see :func:`local_kmeans`)."""
+    rows, cols = d1.shape
+    n_groups, k = centres.shape[:2]
     cluster = np.full((rows, cols), -1, dtype=np.int8)
     votes = np.zeros((n_groups, k))
+    counts = np.zeros((n_groups, k))
     distance_sums = np.zeros((n_groups, k))
-    counts[:] = 0.0
     for r in range(rows):
         for c in range(cols):
             if d1[r, c] > cell_radius_px:
