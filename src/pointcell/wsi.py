@@ -657,19 +657,8 @@ def predict_slide(
     params = params or stored
     with open_slide(slide_path, mpp=mpp, reader=settings.reader) as slide:
         level = slide.best_level(working_mpp)
-        thumb, downsample = slide.thumbnail()
-        tissue = tissue_mask(thumb, pixel_um=slide.mpp * downsample, min_od=settings.tissue_min_od)
         tile_level0 = settings.tile * working_mpp / slide.mpp
-        tasks, n_tiles = plan_tiles(slide.dimensions, tile_level0, tissue, downsample)
-        if roi is not None:
-            tasks = tiles_touching(tasks, roi)
-            if not tasks:
-                warnings.warn(
-                    f"{slide_path.name}: the region of interest covers no tissue of the slide "
-                    "(are its coordinates level-0 pixels?); no cells",
-                    PointcellWarning,
-                    stacklevel=2,
-                )
+        tissue, tasks, n_tiles = _tissue_tiles(slide, tile_level0, settings, roi)
         table, geojson, parts = slide_outputs(out, stem, gzip_geojson=gzip_geojson)
         labels_path = out / f"{stem}.labels.zarr" if labels_zarr else None
         job = SlideJob(
@@ -729,6 +718,26 @@ def predict_slide(
         times=asdict(times),
         roi_area_um2=None if roi is None else roi.area * slide.mpp**2,
     )
+
+
+def _tissue_tiles(
+    slide: Slide, tile_level0: float, settings: SlideSettings, roi: BaseGeometry | None
+) -> tuple[np.ndarray, list[TileTask], int]:
+    """The thumbnail's tissue mask, the tiles to predict (those with tissue, and touching
+    ``roi`` when given) and the number of tiles in the whole slide."""
+    thumb, downsample = slide.thumbnail()
+    tissue = tissue_mask(thumb, pixel_um=slide.mpp * downsample, min_od=settings.tissue_min_od)
+    tasks, n_tiles = plan_tiles(slide.dimensions, tile_level0, tissue, downsample)
+    if roi is not None:
+        tasks = tiles_touching(tasks, roi)
+        if not tasks:
+            warnings.warn(
+                f"{slide.path.name}: the region of interest covers no tissue of the slide "
+                "(are its coordinates level-0 pixels?); no cells",
+                PointcellWarning,
+                stacklevel=3,
+            )
+    return tissue, tasks, n_tiles
 
 
 def _model_settings(model: str) -> tuple[float, tuple[str, ...], PostprocessParams]:
