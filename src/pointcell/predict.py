@@ -173,6 +173,19 @@ def write_summary(
         tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
+def _cells_in_roi(cells: Cells, roi: BaseGeometry, path: Path, shape: tuple[int, ...]) -> Cells:
+    """The cells whose centre lies in ``roi``; a warning when it misses the image."""
+    height, width = shape[:2]
+    if not roi.intersects(shapely.box(0, 0, width, height)):
+        warnings.warn(
+            f"{path.name}: the region of interest lies outside the image "
+            f"({width}x{height} px); no cells",
+            PointcellWarning,
+            stacklevel=3,
+        )
+    return cells_within(cells, roi)
+
+
 def predict_images(
     predictor: Predictor,
     images: list[str | os.PathLike[str]],
@@ -217,15 +230,7 @@ def predict_images(
         cells = cells_from_maps(predictor, maps, mpp=pixel_size, params=params)
         roi = (rois or {}).get(path)
         if roi is not None:
-            height, width = loaded.pixels.shape[:2]
-            if not roi.intersects(shapely.box(0, 0, width, height)):
-                warnings.warn(
-                    f"{path.name}: the region of interest lies outside the image "
-                    f"({width}x{height} px); no cells",
-                    PointcellWarning,
-                    stacklevel=2,
-                )
-            cells = cells_within(cells, roi)
+            cells = _cells_in_roi(cells, roi, path, loaded.pixels.shape[:2])
         done = time.perf_counter()
         stem = slide_stem(path)
         write_prediction(
