@@ -200,30 +200,12 @@ def local_kmeans(
     and cluster (n_cells, k): its pixels on ``disks``, its pixel count and the sum of its
     pixels' distance feature -- what deciding the clusters' roles needs.
     """
+    scales = (colour_weight, distance_cap_px, distance_weight_per_px)
     fit_features, fit_group, assign = _fit_pixels(
-        image,
-        d1,
-        owner,
-        n_groups,
-        k,
-        colour_weight,
-        distance_cap_px,
-        distance_weight_per_px,
-        cell_radius_px,
-        fit_step,
+        image, d1, owner, n_groups, k, scales, cell_radius_px, fit_step
     )
     centres = _lloyd(fit_features, fit_group, assign, n_groups, k, iterations, tolerance)
-    return _label_pixels(
-        image,
-        d1,
-        owner,
-        disks,
-        centres,
-        colour_weight,
-        distance_cap_px,
-        distance_weight_per_px,
-        cell_radius_px,
-    )
+    return _label_pixels(image, d1, owner, disks, centres, scales, cell_radius_px)
 
 
 @compiled(fastmath=FASTMATH)
@@ -233,15 +215,14 @@ def _fit_pixels(
     owner: np.ndarray,
     n_groups: int,
     k: int,
-    colour_weight: float,
-    distance_cap_px: float,
-    distance_weight_per_px: float,
+    scales: tuple[float, float, float],
     cell_radius_px: float,
     fit_step: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pixels k-means is fitted on (a grid of spacing ``fit_step``, within the cell
-    radius), gathered into contiguous arrays: their features (n, 4), cells, and starting
-    clusters (their band of distance within the cell)."""
+    radius), gathered into contiguous arrays: their features (n, 4; ``scales`` as
+    :func:`_pixel_features` takes them), cells, and starting clusters (their band of distance
+    within the cell)."""
     rows, cols = d1.shape
     largest = np.zeros(n_groups)
     n_fit = 0
@@ -260,9 +241,7 @@ def _fit_pixels(
             if d1[r, c] > cell_radius_px:
                 continue
             g = owner[r, c]
-            features = _pixel_features(
-                image, d1, r, c, colour_weight, distance_cap_px, distance_weight_per_px
-            )
+            features = _pixel_features(image, d1, r, c, scales[0], scales[1], scales[2])
             # the largest distance falls in the last band, one at a band edge in the lower band
             assign[t] = min(int(d1[r, c] / max(largest[g] * (1 + 1e-6), 1e-12) * k), k - 1)
             fit_group[t] = g
@@ -325,9 +304,7 @@ def _label_pixels(
     owner: np.ndarray,
     disks: np.ndarray,
     centres: np.ndarray,
-    colour_weight: float,
-    distance_cap_px: float,
-    distance_weight_per_px: float,
+    scales: tuple[float, float, float],
     cell_radius_px: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every pixel within the cell radius takes its cell's nearest centre; per cell and
@@ -343,9 +320,7 @@ def _label_pixels(
             if d1[r, c] > cell_radius_px:
                 continue
             g = owner[r, c]
-            features = _pixel_features(
-                image, d1, r, c, colour_weight, distance_cap_px, distance_weight_per_px
-            )
+            features = _pixel_features(image, d1, r, c, scales[0], scales[1], scales[2])
             j = _nearest_centre(features, centres, g)
             cluster[r, c] = j
             counts[g, j] += 1
