@@ -7,7 +7,11 @@ hematoxylin density at the clicks, and which share of the nuclei the training-fr
 finds carries a click. Part 2 trains on p1 (fine-tuned from ``pointcell-he``, as in
 ``benchmarks/classes.py``) with the default augmentation, a wide zoom range
 (``--scale-range 0.7 2.5``) and paler and darker stains (``--stain-scale 0.3 1.2``), predicts
-p2 with ``--tta`` and scores detection and the Ki67 index (``--arms`` picks variants). Part 3
+p2 with ``--tta`` and scores detection and the Ki67 index (``--arms`` picks variants). The
+``restained`` arm adds MoNuSeg's 30 H&E images as an IHC slide would show them (eosin removed;
+hematoxylin kept, as a negative counterstain, or turned brown, as DAB, in turn) with their mask
+centroids as untyped clicks: nuclei of seven organs for detection, classes still from p1;
+``counterstained`` adds them with hematoxylin only. Part 3
 (``--test-gains``) darkens p2's stains at test time instead -- hematoxylin and DAB optical
 densities multiplied by fixed gains -- and predicts it with the stain strength arm. Runs are
 kept in ``runs/`` and reused. Writes ``benchmarks/results/ki67_shift.md``.
@@ -24,9 +28,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, provenance, write_result  # noqa: E402
+from _common import SHARED, monuseg_dir, provenance, write_result  # noqa: E402
 from classes import (  # noqa: E402
     KI67_MPP,
     RUNS,
@@ -38,18 +43,31 @@ from classes import (  # noqa: E402
 from pointcell.baseline import hematoxylin, hematoxylin_watershed, nuclear_density  # noqa: E402
 from pointcell.data import hed_jitter  # noqa: E402
 from pointcell.io.images import read_image, write_rgb_png  # noqa: E402
-from pointcell.io.points import read_points  # noqa: E402
+from pointcell.io.points import read_points, write_points_csv  # noqa: E402
 
 DATA = SHARED / "shidc_ki67"
 COVER_RADIUS_UM = 4.0  # a watershed nucleus "carries a click" when one lies this close
 DISK_UM = 1.5  # hematoxylin density is averaged over this radius around a click
 
 # training variants on p1: run name, extra `pointcell train` options, label
+PALE = ("--stain-scale", "0.3", "1.2")
 ARMS = {
     "control": ("classes-shidc", (), "default augmentation"),
     "zoom": ("classes-shidc-zoom", ("--scale-range", "0.7", "2.5"), "zoom 0.7-2.5"),
-    "pale": ("classes-shidc-pale", ("--stain-scale", "0.3", "1.2"), "stain strength 0.3-1.2"),
+    "pale": ("classes-shidc-pale", PALE, "stain strength 0.3-1.2"),
+    "restained": (
+        "classes-shidc-restained",
+        PALE,
+        "stain strength 0.3-1.2 + MoNuSeg restained (half brown)",
+    ),
+    "counterstained": (
+        "classes-shidc-counterstained",
+        PALE,
+        "stain strength 0.3-1.2 + MoNuSeg as hematoxylin only",
+    ),
 }
+# arms adding MoNuSeg restained: DAB share of its images in turn (0: counterstain only)
+MONUSEG_DAB = {"restained": (0.0, 0.7), "counterstained": (0.0,)}
 # test-time (hematoxylin, DAB) optical density gains on p2, predicted with the "pale" arm
 TEST_GAINS = ((2.0, 1.0), (3.0, 1.0), (2.0, 2.0))
 
@@ -143,6 +161,43 @@ def stain_gained_copies(paths: list[Path], gains: tuple[float, float], folder: P
     return copies
 
 
+def restained(pixels: np.ndarray, dab_share: float) -> np.ndarray:
+    """An H&E image as an IHC slide would show it: eosin removed and the hematoxylin density
+    split between hematoxylin and DAB (0: a negative counterstain, 1: all nuclei brown)."""
+    density = -np.log((pixels.astype(np.float32) + 1.0) / 256.0)
+    hematoxylin = (density @ hed_from_rgb.astype(np.float32))[..., :1]
+    stains = np.concatenate(
+        [(1 - dab_share) * hematoxylin, np.zeros_like(hematoxylin), dab_share * hematoxylin],
+        axis=-1,
+    )
+    back = 256.0 * np.exp(-(stains @ rgb_from_hed.astype(np.float32))) - 1.0
+    return np.clip(np.rint(back), 0, 255).astype(np.uint8)
+
+
+def with_restained_monuseg(split: dict, dab_shares: tuple[float, ...]) -> tuple[Path, Path, dict]:
+    """Images and points folders holding SHIDC's tiles (linked) and MoNuSeg's images restained
+    (DAB shares taken in turn) with their mask centroids as untyped clicks, and ``split`` with
+    those added to the training images."""
+    root = RUNS / ("ki67-shift-restained-" + "-".join(f"{share:g}" for share in dab_shares))
+    images, points = root / "images", root / "points"
+    images.mkdir(parents=True, exist_ok=True)
+    points.mkdir(parents=True, exist_ok=True)
+    monuseg = monuseg_dir()
+    stems = [path.stem for path in sorted((monuseg / "images").glob("*.png"))]
+    for index, stem in enumerate(stems):
+        if not (images / f"{stem}.png").is_file():
+            pixels = read_image(monuseg / "images" / f"{stem}.png").pixels
+            share = dab_shares[index % len(dab_shares)]
+            write_rgb_png(images / f"{stem}.png", restained(pixels, share))
+        if not (points / f"{stem}.csv").is_file():
+            write_points_csv(points / f"{stem}.csv", read_points(monuseg / "masks" / f"{stem}.tif"))
+    for folder, pattern in ((images, "*.jpg"), (points, "*.csv")):
+        for path in sorted((DATA / folder.name).glob(pattern)):
+            if not (folder / path.name).exists():
+                (folder / path.name).symlink_to(path)
+    return images, points, {**split, "train": split["train"] + stems}
+
+
 def clicks_per_class(images: list[Path]) -> dict[str, int]:
     names = [
         c for path in images for c in read_points(DATA / "points" / f"{path.stem}.csv").classes
@@ -216,7 +271,12 @@ def main() -> None:
     rows, indices = [], {}
     for arm in args.arms:
         name, extra, label = ARMS[arm]
-        run = train(name, images, points, KI67_MPP, split, args.steps, extra=extra)
+        arm_images, arm_points, arm_split = (
+            with_restained_monuseg(split, MONUSEG_DAB[arm])
+            if arm in MONUSEG_DAB
+            else (images, points, split)
+        )
+        run = train(name, arm_images, arm_points, KI67_MPP, arm_split, args.steps, extra=extra)
         out = RUNS / f"{name}-pred"
         scores = score(run, test, out)
         label = f"{label}, {trained_steps(run)[0]} steps"
