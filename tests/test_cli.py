@@ -4,8 +4,9 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from pointcell.cli import main
+from pointcell.cli import _echo_image_summaries, main
 from pointcell.io.images import read_label_image
+from pointcell.predict import PredictionSummary, class_summary
 
 
 def test_labels_command(sample, tmp_path):
@@ -367,3 +368,18 @@ def test_predict_counts_cells_in_regions_of_interest(sample, small_checkpoint, t
     )
     assert wrong.exit_code != 0 and "one file for 2 images" in wrong.output
     assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_image_summaries_report_classes_and_the_positive_index(capsys):
+    names = ["positive"] * 3 + ["negative"] * 9 + ["lymphocyte"] * 4
+    typed = PredictionSummary("ki67", 0.25, 16, 1.0, 0.5, 1.0, **class_summary(names))
+    untyped = PredictionSummary("he", 0.25, 7, 1.0, 0.5, 1.0, roi_area_um2=2e5)
+    _echo_image_summaries([typed, untyped])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["image", "cells", "model", "s", "post", "s"]
+    assert lines[1].split() == ["ki67", "16", "1.00", "0.50"]
+    assert lines[3] == "23 cells in 2 image(s)"
+    # 3 of 12 tumour cells positive; Wilson 95% interval of 3/12: 8.9% to 53.2%
+    counts = "lymphocyte 4, negative 9, positive 3"
+    assert lines[4] == f"ki67: {counts}; positive 25.0% (95% CI 8.9-53.2)"
+    assert lines[5] == "he: region of interest 0.2000 mm², 35 cells/mm²"

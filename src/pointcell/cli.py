@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # the CLI imports torch only in the commands that need it
     from pointcell.device import Precision
     from pointcell.io.slides import SlideReader
     from pointcell.postprocess import CentreMethod, InstanceMethod
+    from pointcell.predict import PredictionSummary
     from pointcell.train import LrSchedule
+    from pointcell.wsi import SlideSummary
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -630,27 +632,7 @@ def predict(
             overlay=overlay,
             rois=rois,
         )
-        width = max(len(s.stem) for s in summaries)
-        click.echo(f"{'image':<{width}}  cells  model s  post s")
-        for s in summaries:
-            click.echo(
-                f"{s.stem:<{width}}  {s.n_cells:5d}  {s.model_s:7.2f}  {s.postprocess_s:6.2f}"
-            )
-        click.echo(f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s)")
-        for s in summaries:
-            if s.roi_area_um2 is not None:
-                density = s.n_cells / (s.roi_area_um2 / 1e6)
-                click.echo(
-                    f"{s.stem}: region of interest {s.roi_area_um2 / 1e6:.4f} mm², "
-                    f"{density:.0f} cells/mm²"
-                )
-            if s.class_counts:
-                counts = ", ".join(f"{k} {v}" for k, v in s.class_counts.items())
-                line = f"{s.stem}: {counts}"
-                if s.positive_percent is not None and s.positive_ci is not None:
-                    low, high = s.positive_ci
-                    line += f"; positive {s.positive_percent:.1f}% (95% CI {low:.1f}-{high:.1f})"
-                click.echo(line)
+        _echo_image_summaries(summaries)
     if slides:
         settings = SlideSettings(
             tile=slide_tile,
@@ -679,14 +661,42 @@ def predict(
             rois=rois,
         )
         write_summary(out, predictor.source, {"slides": asdict(settings)}, slide_summaries)
-        width = max(len(s.stem) for s in slide_summaries)
-        click.echo(f"{'slide':<{width}}  tissue tiles    cells   wall s")
-        for slide in slide_summaries:
-            click.echo(
-                f"{slide.stem:<{width}}  {slide.n_tissue_tiles:5d}/{slide.n_tiles:<6d} "
-                f"{slide.n_cells:8d} {slide.wall_s:8.1f}"
-            )
+        _echo_slide_summaries(slide_summaries)
     click.echo(f"outputs in {out}")
+
+
+def _echo_image_summaries(summaries: list[PredictionSummary]) -> None:
+    """A table of cells and timings per image, then each image's region of interest and
+    class counts (with the positive percentage and its 95% CI) where it has them."""
+    width = max(len(s.stem) for s in summaries)
+    click.echo(f"{'image':<{width}}  cells  model s  post s")
+    for s in summaries:
+        click.echo(f"{s.stem:<{width}}  {s.n_cells:5d}  {s.model_s:7.2f}  {s.postprocess_s:6.2f}")
+    click.echo(f"{sum(s.n_cells for s in summaries)} cells in {len(summaries)} image(s)")
+    for s in summaries:
+        if s.roi_area_um2 is not None:
+            density = s.n_cells / (s.roi_area_um2 / 1e6)
+            click.echo(
+                f"{s.stem}: region of interest {s.roi_area_um2 / 1e6:.4f} mm², "
+                f"{density:.0f} cells/mm²"
+            )
+        if s.class_counts:
+            counts = ", ".join(f"{k} {v}" for k, v in s.class_counts.items())
+            line = f"{s.stem}: {counts}"
+            if s.positive_percent is not None and s.positive_ci is not None:
+                low, high = s.positive_ci
+                line += f"; positive {s.positive_percent:.1f}% (95% CI {low:.1f}-{high:.1f})"
+            click.echo(line)
+
+
+def _echo_slide_summaries(summaries: list[SlideSummary]) -> None:
+    width = max(len(s.stem) for s in summaries)
+    click.echo(f"{'slide':<{width}}  tissue tiles    cells   wall s")
+    for slide in summaries:
+        click.echo(
+            f"{slide.stem:<{width}}  {slide.n_tissue_tiles:5d}/{slide.n_tiles:<6d} "
+            f"{slide.n_cells:8d} {slide.wall_s:8.1f}"
+        )
 
 
 @main.command()
