@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
-from skimage.color import hed_from_rgb, rgb_from_hed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, monuseg_dir, provenance, write_result  # noqa: E402
@@ -41,7 +40,7 @@ from classes import (  # noqa: E402
     trained_steps,
 )
 from pointcell.baseline import hematoxylin, hematoxylin_watershed, nuclear_density  # noqa: E402
-from pointcell.data import hed_jitter  # noqa: E402
+from pointcell.data import hed_densities, hed_jitter, rgb_from_hed_densities  # noqa: E402
 from pointcell.io.images import read_image, write_rgb_png  # noqa: E402
 from pointcell.io.points import read_points, write_points_csv  # noqa: E402
 
@@ -164,14 +163,12 @@ def stain_gained_copies(paths: list[Path], gains: tuple[float, float], folder: P
 def restained(pixels: np.ndarray, dab_share: float) -> np.ndarray:
     """An H&E image as an IHC slide would show it: eosin removed and the hematoxylin density
     split between hematoxylin and DAB (0: a negative counterstain, 1: all nuclei brown)."""
-    density = -np.log((pixels.astype(np.float32) + 1.0) / 256.0)
-    hematoxylin = (density @ hed_from_rgb.astype(np.float32))[..., :1]
+    hematoxylin = hed_densities(pixels)[..., :1]
     stains = np.concatenate(
         [(1 - dab_share) * hematoxylin, np.zeros_like(hematoxylin), dab_share * hematoxylin],
         axis=-1,
     )
-    back = 256.0 * np.exp(-(stains @ rgb_from_hed.astype(np.float32))) - 1.0
-    return np.clip(np.rint(back), 0, 255).astype(np.uint8)
+    return rgb_from_hed_densities(stains)
 
 
 def with_restained_monuseg(split: dict, dab_shares: tuple[float, ...]) -> tuple[Path, Path, dict]:

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pointcell.data import CLASS_IGNORE, class_target, hed_jitter, point_class_names
+from pointcell.data import (
+    CLASS_IGNORE,
+    class_target,
+    hed_densities,
+    hed_jitter,
+    point_class_names,
+    rgb_from_hed_densities,
+)
 from pointcell.encodings import IGNORE
 from pointcell.evaluate import evaluate
 from pointcell.inference import load_predictor
@@ -92,6 +99,19 @@ def test_hed_jitter_is_exactly_invertible_and_changes_stains():
         np.full((1, 4, 4, 3), BLUE, np.uint8), np.array([[1.5, 1.0, 1.0]]), np.zeros((1, 3))
     )
     assert darker.astype(int).sum() < np.full((4, 4, 3), BLUE).sum()  # more hematoxylin
+
+
+def test_hed_densities_of_white_are_zero_and_pure_stains_come_back():
+    white = np.full((2, 2, 3), 255, np.uint8)
+    np.testing.assert_allclose(hed_densities(white), 0.0, atol=1e-6)
+    hematoxylin, dab = (
+        rgb_from_hed_densities(np.array([[0.5, 0.0, 0.0]], np.float32)),
+        rgb_from_hed_densities(np.array([[0.0, 0.0, 0.5]], np.float32)),
+    )
+    assert hematoxylin[0, 2] > hematoxylin[0, 0]  # hematoxylin is blue
+    assert dab[0, 0] > dab[0, 2]  # DAB is brown
+    np.testing.assert_allclose(hed_densities(hematoxylin), [[0.5, 0.0, 0.0]], atol=0.02)
+    np.testing.assert_allclose(hed_densities(dab), [[0.0, 0.0, 0.5]], atol=0.02)
 
 
 def test_class_counts_and_hovernet_fc_on_a_hand_made_example():

@@ -257,15 +257,25 @@ class AugmentParams:
         return asdict(self)
 
 
-def hed_jitter(images: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Perturb the stains of RGB uint8 images (B, H, W, 3): colour deconvolution into
-    hematoxylin / eosin / DAB optical densities (Ruifrok & Johnston), ``od * alpha + beta``
-    per image and stain (B, 3), and back. Invertible: alpha 1 and beta 0 return the input."""
-    density = -np.log((images.astype(np.float32) + 1.0) / 256.0)
-    stains = density @ HED_FROM_RGB.astype(np.float32)
-    stains = stains * alpha[:, None, None, :] + beta[:, None, None, :]
+def hed_densities(pixels: np.ndarray) -> np.ndarray:
+    """Hematoxylin, eosin and DAB optical densities (..., 3) of RGB uint8 pixels (..., 3), by
+    Ruifrok & Johnston colour deconvolution; :func:`rgb_from_hed_densities` inverts it."""
+    density = -np.log((pixels.astype(np.float32) + 1.0) / 256.0)
+    return density @ HED_FROM_RGB.astype(np.float32)
+
+
+def rgb_from_hed_densities(stains: np.ndarray) -> np.ndarray:
+    """RGB uint8 pixels (..., 3) of hematoxylin, eosin and DAB optical densities (..., 3)."""
     back = 256.0 * np.exp(-(stains @ RGB_FROM_HED.astype(np.float32))) - 1.0
     return np.clip(np.rint(back), 0, 255).astype(np.uint8)
+
+
+def hed_jitter(images: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Perturb the stains of RGB uint8 images (B, H, W, 3): their hematoxylin / eosin / DAB
+    optical densities become ``od * alpha + beta`` per image and stain (B, 3). Invertible:
+    alpha 1 and beta 0 return the input."""
+    stains = hed_densities(images) * alpha[:, None, None, :] + beta[:, None, None, :]
+    return rgb_from_hed_densities(stains)
 
 
 NO_AUGMENT = AugmentParams(
