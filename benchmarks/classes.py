@@ -347,7 +347,9 @@ def crchisto_long(steps: list[int]) -> tuple[list[tuple[str, dict]], Path]:
         train(name, CRC_DATA / "images", gt, CRC_MPP, split, length, extra=extra,
               val_every=LONG_VAL_EVERY)  # fmt: skip
     run, out = crchisto_run(name, steps[-1], split, test, gt, extra, val_every=LONG_VAL_EVERY)
-    lengths = ", then extended to ".join(str(n) for n in steps)
+    # a run found longer than asked is reused as it is: label it with its own length
+    trained = trained_steps(run)[0]
+    lengths = ", then extended to ".join(str(n) for n in [*steps[:-1], trained])
     label = f"HED jitter 0.05; {lengths} steps, `--unclicked exclude`"
     outputs.append((f"pointcell ({label}, kept by validation: step {best_step(run)})", out))
     final = RUNS / f"{name}-final-pred"
