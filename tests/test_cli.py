@@ -249,6 +249,28 @@ def test_predict_rejects_bad_tiles_and_models(sample, tmp_path):
     assert missing.exit_code == 1 and "no such model file" in missing.output
 
 
+def test_predict_adapt_norm_adapts_and_records_it(sample, small_checkpoint, tmp_path):
+    args = ["predict", "--model", str(small_checkpoint), "--images", str(sample / "images")]
+    plain = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "plain"), "--no-overlay"])
+    adapted = CliRunner().invoke(
+        main, [*args, "--out", str(tmp_path / "adapted"), "--no-overlay", "--adapt-norm"]
+    )
+    assert plain.exit_code == 0 and adapted.exit_code == 0, adapted.output
+    record = json.loads((tmp_path / "adapted" / "predictions.json").read_text())
+    assert record["model"] == f"{small_checkpoint} (AdaBN)"
+    stem = next(iter(record["images"]))
+    # the untrained network's maps move with its statistics: the cells are not the same
+    assert (tmp_path / "adapted" / f"{stem}.csv").read_text() != (
+        tmp_path / "plain" / f"{stem}.csv"
+    ).read_text()
+    slide = tmp_path / "slide.svs"
+    slide.write_bytes(b"")
+    refused = CliRunner().invoke(
+        main, [*args[:3], "--images", str(slide), "--out", str(tmp_path), "--adapt-norm"]
+    )
+    assert refused.exit_code == 2 and "not whole slides" in refused.output
+
+
 def write_qupath_points(path, centres, cls="Tumor"):
     """Point annotations exactly as QuPath's "Export objects as GeoJSON" writes them."""
     features = [

@@ -6,6 +6,7 @@ from conftest import small_checkpoint_state as small_state
 from pointcell.errors import PointcellInputError
 from pointcell.inference import (
     Predictor,
+    adapt_batchnorm,
     blend_weights,
     load_predictor,
     predict_image,
@@ -175,3 +176,71 @@ def test_tile_size_barely_changes_the_shipped_model(sample, tile):
     cells_whole = postprocess(whole, mpp=0.5, params=predictor.postprocess)
     cells_tiled = postprocess(tiled, mpp=0.5, params=predictor.postprocess)
     assert detection_scores(cells_whole.xy, cells_tiled.xy, radius=1.0).f1 >= 0.99
+
+
+def batchnorm_predictor() -> Predictor:
+    """A network that is one batch-norm layer over the normalised RGB input."""
+    return Predictor(
+        torch.nn.BatchNorm2d(3).eval(),
+        [0.5] * 3,
+        [0.25] * 3,
+        0.5,
+        PostprocessParams(),
+        torch.device("cpu"),
+        None,
+        "bn",
+    )
+
+
+def test_adapted_batchnorm_statistics_are_those_of_the_images():
+    # two flat 64 x 64 images, one tile each: normalised values (v/255 - 0.5) / 0.25
+    dark = np.full((64, 64, 3), (51, 102, 153), np.uint8)  # -> -1.2, -0.4, 0.4
+    light = np.full((64, 64, 3), (204, 153, 255), np.uint8)  # -> 1.2, 0.4, 2.0
+    original = batchnorm_predictor()
+    adapted = adapt_batchnorm(original, [(dark, 0.5), (light, 0.5)], batch_size=1)
+    norm = adapted.model
+    # the average of the two batch means; each flat batch has variance 0
+    assert norm.running_mean.tolist() == pytest.approx([0.0, 0.0, 1.2], abs=1e-5)
+    assert norm.running_var.tolist() == pytest.approx([0.0] * 3, abs=1e-6)
+    assert not norm.training and adapted.source == "bn (AdaBN)"
+    # the predictor given is left as it was
+    assert original.model.running_mean.tolist() == [0.0] * 3
+    assert original.model.running_var.tolist() == [1.0] * 3
+
+
+def test_adapted_batchnorm_pools_tiles_of_one_batch():
+    # one image, two tiles side by side in one batch: its statistics are the pixels' own
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[:, 64:] = 255  # normalised: -2 on the left, +2 on the right
+    adapted = adapt_batchnorm(batchnorm_predictor(), [(image, 0.5)], tile=64, batch_size=2)
+    assert adapted.model.running_mean.tolist() == pytest.approx([0.0] * 3, abs=1e-5)
+    n = 2 * 64 * 64  # unbiased variance of n/2 values at -2 and n/2 at +2
+    assert adapted.model.running_var.tolist() == pytest.approx([4 * n / (n - 1)] * 3, rel=1e-5)
+
+
+def test_adapted_batchnorm_resamples_to_the_working_pixel_size():
+    # a 0.25 µm/px image is halved to 32 x 32 px before it is seen: still one flat tile
+    image = np.full((64, 64, 3), (51, 102, 153), np.uint8)
+    adapted = adapt_batchnorm(batchnorm_predictor(), [(image, 0.25)])
+    assert adapted.model.running_mean.tolist() == pytest.approx([-1.2, -0.4, 0.4], abs=2e-2)
+
+
+def test_adapting_a_unet_changes_its_maps_but_not_its_weights():
+    predictor = predictor_from_state(small_state(), device="cpu", precision="fp32")
+    image = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    adapted = adapt_batchnorm(predictor, [(image, 0.5)])
+    before, after = predictor.model.state_dict(), adapted.model.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.equal(before[k], after[k]) for k in stats)
+    weights = [k for k in before if k not in stats and not k.endswith("num_batches_tracked")]
+    assert all(torch.equal(before[k], after[k]) for k in weights)
+    plain = predict_probability(predictor, image)
+    assert plain.shape == predict_probability(adapted, image).shape == (96, 96)
+    assert not np.allclose(plain, predict_probability(adapted, image))
+
+
+def test_adapting_needs_batchnorm_layers_and_images():
+    with pytest.raises(PointcellInputError, match="no batch-norm"):
+        adapt_batchnorm(pixelwise_predictor(), [(np.zeros((32, 32, 3), np.uint8), 0.5)])
+    with pytest.raises(PointcellInputError, match="at least one image"):
+        adapt_batchnorm(batchnorm_predictor(), [])

@@ -508,6 +508,14 @@ def train(
     help="Test-time augmentation: average the network over 8 rotations and mirror images "
     "(8 times slower, steadier maps).",
 )
+@click.option(
+    "--adapt-norm",
+    is_flag=True,
+    help="Re-estimate the network's batch-norm statistics on the images given, pooled, before "
+    "predicting them (AdaBN): for a batch of images stained or scanned unlike the training "
+    "slides. Images only, not whole slides; measure it on clicked images first, it can lose "
+    "precision (benchmarks/results/adabn.md).",
+)
 @click.option("--tile-size", type=click.IntRange(min=32), default=512, show_default=True)
 @click.option("--overlap", type=click.IntRange(min=0), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
@@ -566,6 +574,7 @@ def predict(
     min_proximity: float | None,
     centre: CentreMethod | None,
     tta: bool,
+    adapt_norm: bool,
     tile_size: int,
     overlap: int,
     batch_size: int,
@@ -593,7 +602,7 @@ def predict(
     from pointcell.inference import load_predictor
     from pointcell.io.roi import roi_for_images
     from pointcell.io.slides import is_whole_slide
-    from pointcell.predict import list_images, predict_images, write_summary
+    from pointcell.predict import adapted_to_images, list_images, predict_images, write_summary
     from pointcell.wsi import SlideSettings, predict_slides
 
     if tile_size % 32 or overlap % 32 or overlap >= tile_size:
@@ -605,8 +614,12 @@ def predict(
     paths = list_images(list(images))
     slides = [p for p in paths if is_whole_slide(p)]
     plain = [p for p in paths if p not in slides]
+    if adapt_norm and slides:
+        raise click.UsageError("--adapt-norm works on images, not whole slides")
     rois = roi_for_images(roi, paths) if roi else {}
     predictor = load_predictor(model_path, device=device, precision=precision)
+    if adapt_norm:
+        predictor = adapted_to_images(predictor, paths, mpp=mpp, tile=tile_size)
     changes: dict[str, Any] = {
         "instances": instances,
         "min_area_um2": min_area_um2,

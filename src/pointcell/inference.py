@@ -10,9 +10,10 @@ is resampled back to the input size.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,71 @@ def blend_weights(tile: int, overlap: int) -> np.ndarray:
     return weights
 
 
+def adapt_batchnorm(
+    predictor: Predictor,
+    images: Iterable[tuple[np.ndarray, float]],
+    *,
+    tile: int = 512,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> Predictor:
+    """A copy of ``predictor`` whose batch-norm statistics are re-estimated on ``images``
+    (``(RGB array, µm/px)`` pairs): AdaBN (Li et al. 2018). A stain or scanner unlike the
+    training slides' shifts the means and variances of the network's features; measuring them
+    on the images to be predicted undoes that shift at every layer without changing a weight.
+    Each layer's statistics are the average, over batches of tiles of one image at the working
+    pixel size, of the batch statistics as the layer sees them in training mode. ``images`` may
+    be a generator: one image is held at a time."""
+    model = copy.deepcopy(predictor.model)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise PointcellInputError(f"{predictor.source}: the network has no batch-norm layers")
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over all batches
+    mean = torch.tensor(predictor.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(predictor.std, dtype=torch.float32).view(1, 3, 1, 1)
+    for norm in norms:
+        norm.train()
+    batches = 0
+    with torch.no_grad():
+        for pixels, mpp in tqdm(images, desc="adapting", unit="image", disable=not progress):
+            for chunk in _chunks(_adaptation_tiles(predictor, pixels, mpp, tile), batch_size):
+                batch = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float() / 255.0
+                batch = ((batch - mean) / std).to(predictor.device)
+                with predictor.autocast():
+                    model(batch.contiguous(memory_format=torch.channels_last))
+                batches += 1
+    if not batches:
+        raise PointcellInputError("adapting batch-norm statistics needs at least one image")
+    model.eval()
+    return replace(predictor, model=model, source=f"{predictor.source} (AdaBN)")
+
+
+def _adaptation_tiles(
+    predictor: Predictor, pixels: np.ndarray, mpp: float, tile: int
+) -> list[np.ndarray]:
+    """Tiles covering an image at the working pixel size with the least overlap, padded as for
+    prediction."""
+    padded = _pad_to_stride(resample(pixels, np.empty((0, 2)), mpp / predictor.working_mpp)[0])
+    th, tw = min(tile, padded.shape[0]), min(tile, padded.shape[1])
+    return [
+        padded[y : y + th, x : x + tw]
+        for y in tile_starts(padded.shape[0], th, th)
+        for x in tile_starts(padded.shape[1], tw, tw)
+    ]
+
+
+def _pad_to_stride(image: np.ndarray) -> np.ndarray:
+    """The image padded (reflected) at the bottom and right to multiples of the encoder
+    stride."""
+    h, w = image.shape[:2]
+    ph, pw = _round_up(h, ENCODER_STRIDE), _round_up(w, ENCODER_STRIDE)
+    return np.pad(
+        image, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge"
+    )
+
+
 def predict_probability(predictor: Predictor, image: np.ndarray, **options: Any) -> np.ndarray:
     """Nucleus probability (H, W) float32 of an RGB image already at the working pixel size.
     ``options``: tiling and progress, as :func:`predict_maps`."""
@@ -165,10 +231,8 @@ def predict_maps(
             f"tile and overlap must be multiples of {ENCODER_STRIDE}, overlap smaller than tile"
         )
     h, w = image.shape[:2]
-    ph, pw = _round_up(h, ENCODER_STRIDE), _round_up(w, ENCODER_STRIDE)
-    padded = np.pad(
-        image, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge"
-    )
+    padded = _pad_to_stride(image)
+    ph, pw = padded.shape[:2]
     th, tw = min(tile, ph), min(tile, pw)
     stride = tile - overlap
     boxes = [(y, x) for y in tile_starts(ph, th, stride) for x in tile_starts(pw, tw, stride)]

@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -19,7 +19,12 @@ from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
 from pointcell.errors import PointcellInputError, PointcellWarning
-from pointcell.inference import Predictor, cells_from_maps, predict_image_maps
+from pointcell.inference import (
+    Predictor,
+    adapt_batchnorm,
+    cells_from_maps,
+    predict_image_maps,
+)
 from pointcell.io.atomic import atomic_output
 from pointcell.io.cells import (
     cell_class_names,
@@ -184,6 +189,25 @@ def _cells_in_roi(cells: Cells, roi: BaseGeometry, path: Path, shape: tuple[int,
             stacklevel=3,
         )
     return cells_within(cells, roi)
+
+
+def adapted_to_images(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    *,
+    mpp: float | None = None,
+    tile: int = 512,
+    progress: bool = True,
+) -> Predictor:
+    """:func:`pointcell.inference.adapt_batchnorm` on image files, read one at a time (they
+    are read again when predicted); ``mpp`` as for :func:`predict_images`."""
+
+    def images() -> Iterator[tuple[np.ndarray, float]]:
+        for path in paths:
+            loaded = read_image(path)
+            yield loaded.pixels, resolve_mpp(loaded, mpp)
+
+    return adapt_batchnorm(predictor, images(), tile=tile, progress=progress)
 
 
 def predict_images(
