@@ -30,17 +30,23 @@ class PixelwiseNet(torch.nn.Module):
         return self.conv(x)
 
 
-def pixelwise_predictor():
+def cpu_predictor(net: torch.nn.Module, source: str) -> Predictor:
+    """``net`` on the CPU in fp32, reading images normalised by mean 0.5 and std 0.25 at 0.5
+    µm/px."""
     return Predictor(
-        PixelwiseNet().eval(),
+        net.eval(),
         [0.5] * 3,
         [0.25] * 3,
         0.5,
         PostprocessParams(),
         torch.device("cpu"),
         None,
-        "test",
+        source,
     )
+
+
+def pixelwise_predictor():
+    return cpu_predictor(PixelwiseNet(), "test")
 
 
 def test_tile_starts_cover_the_image():
@@ -180,16 +186,7 @@ def test_tile_size_barely_changes_the_shipped_model(sample, tile):
 
 def batchnorm_predictor() -> Predictor:
     """A network that is one batch-norm layer over the normalised RGB input."""
-    return Predictor(
-        torch.nn.BatchNorm2d(3).eval(),
-        [0.5] * 3,
-        [0.25] * 3,
-        0.5,
-        PostprocessParams(),
-        torch.device("cpu"),
-        None,
-        "bn",
-    )
+    return cpu_predictor(torch.nn.BatchNorm2d(3), "bn")
 
 
 def test_adapted_batchnorm_statistics_are_those_of_the_images():
