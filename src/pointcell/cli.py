@@ -619,7 +619,7 @@ def predict(
     rois = roi_for_images(roi, paths) if roi else {}
     predictor = load_predictor(model_path, device=device, precision=precision)
     if adapt_norm:
-        predictor = adapted_to_images(predictor, paths, mpp=mpp, tile=tile_size)
+        predictor = adapted_to_images(predictor, plain, mpp=mpp, tile=tile_size)
     changes: dict[str, Any] = {
         "instances": instances,
         "min_area_um2": min_area_um2,

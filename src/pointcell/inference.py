@@ -150,23 +150,23 @@ def adapt_batchnorm(
     progress: bool = False,
 ) -> Predictor:
     """A copy of ``predictor`` whose batch-norm statistics are re-estimated on ``images``
-    (``(RGB array, µm/px)`` pairs): AdaBN (Li et al. 2018). A stain or scanner unlike the
-    training slides' shifts the means and variances of the network's features; measuring them
+    (``(RGB array, µm/px)`` pairs): AdaBN (Li et al. 2018). A stain or scanner unlike that of
+    the training slides shifts the means and variances of the network's features; measuring them
     on the images to be predicted undoes that shift at every layer without changing a weight.
     Each layer's statistics are the average, over batches of tiles of one image at the working
     pixel size, of the batch statistics as the layer sees them in training mode. ``images`` may
     be a generator: one image is held at a time."""
     model = copy.deepcopy(predictor.model)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    kinds = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    norms = [m for m in model.modules() if isinstance(m, kinds)]
     if not norms:
         raise PointcellInputError(f"{predictor.source}: the network has no batch-norm layers")
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over all batches
+        norm.train()  # the other layers stay in eval mode
     mean = torch.tensor(predictor.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(predictor.std, dtype=torch.float32).view(1, 3, 1, 1)
-    for norm in norms:
-        norm.train()
     batches = 0
     with torch.no_grad():
         for pixels, mpp in tqdm(images, desc="adapting", unit="image", disable=not progress):
