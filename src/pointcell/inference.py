@@ -165,14 +165,11 @@ def adapt_batchnorm(
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over all batches
         norm.train()  # the other layers stay in eval mode
-    mean = torch.tensor(predictor.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(predictor.std, dtype=torch.float32).view(1, 3, 1, 1)
     batches = 0
     with torch.no_grad():
         for pixels, mpp in tqdm(images, desc="adapting", unit="image", disable=not progress):
             for chunk in _chunks(_adaptation_tiles(predictor, pixels, mpp, tile), batch_size):
-                batch = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float() / 255.0
-                batch = ((batch - mean) / std).to(predictor.device)
+                batch = _normalised_batch(predictor, np.stack(chunk))
                 with predictor.autocast():
                     model(batch.contiguous(memory_format=torch.channels_last))
                 batches += 1
@@ -180,6 +177,15 @@ def adapt_batchnorm(
         raise PointcellInputError("adapting batch-norm statistics needs at least one image")
     model.eval()
     return replace(predictor, model=model, source=f"{predictor.source} (AdaBN)")
+
+
+def _normalised_batch(predictor: Predictor, tiles: np.ndarray) -> torch.Tensor:
+    """RGB uint8 tiles (B, h, w, 3) as the network reads them: (B, 3, h, w) on its device,
+    normalised by the training images' channel means and standard deviations."""
+    mean = torch.tensor(predictor.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(predictor.std, dtype=torch.float32).view(1, 3, 1, 1)
+    batch = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0
+    return ((batch - mean) / std).to(predictor.device)
 
 
 def _adaptation_tiles(
@@ -242,8 +248,6 @@ def predict_maps(
     n_maps = 1 + len(predictor.classes) + int(predictor.detection_head)
     total = np.zeros((n_maps, ph, pw), np.float32)
     norm = np.zeros((ph, pw), np.float32)
-    mean = torch.tensor(predictor.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(predictor.std, dtype=torch.float32).view(1, 3, 1, 1)
     bar = tqdm(
         total=len(boxes),
         desc="tiles",
@@ -252,9 +256,9 @@ def predict_maps(
         disable=not progress or len(boxes) == 1,
     )
     for chunk in _chunks(boxes, batch_size):
-        batch = np.stack([padded[y : y + th, x : x + tw] for y, x in chunk])
-        tensor = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        tensor = tensor.to(predictor.device)
+        tensor = _normalised_batch(
+            predictor, np.stack([padded[y : y + th, x : x + tw] for y, x in chunk])
+        )
         symmetries = SQUARE_SYMMETRIES if tta else SQUARE_SYMMETRIES[:1]
         summed = _network_maps(predictor, tensor, *symmetries[0])
         for symmetry in symmetries[1:]:

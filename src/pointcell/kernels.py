@@ -130,11 +130,11 @@ def _pixel_features(
     d1: np.ndarray,
     r: int,
     c: int,
-    colour_weight: float,
-    distance_cap_px: float,
-    distance_weight_per_px: float,
+    scales: tuple[float, float, float],
 ) -> tuple[float, float, float, float]:
-    """The k-means features of one pixel: scaled RGB and capped, scaled distance to its point."""
+    """The k-means features of one pixel: scaled RGB and capped, scaled distance to its point;
+    ``scales``: (colour weight, distance cap in px, distance weight per px)."""
+    colour_weight, distance_cap_px, distance_weight_per_px = scales
     return (
         image[r, c, 0] * colour_weight,
         image[r, c, 1] * colour_weight,
@@ -241,7 +241,7 @@ def _fit_pixels(
             if d1[r, c] > cell_radius_px:
                 continue
             g = owner[r, c]
-            features = _pixel_features(image, d1, r, c, scales[0], scales[1], scales[2])
+            features = _pixel_features(image, d1, r, c, scales)
             # the largest distance falls in the last band, one at a band edge in the lower band
             assign[t] = min(int(d1[r, c] / max(largest[g] * (1 + 1e-6), 1e-12) * k), k - 1)
             fit_group[t] = g
@@ -320,7 +320,7 @@ def _label_pixels(
             if d1[r, c] > cell_radius_px:
                 continue
             g = owner[r, c]
-            features = _pixel_features(image, d1, r, c, scales[0], scales[1], scales[2])
+            features = _pixel_features(image, d1, r, c, scales)
             j = _nearest_centre(features, centres, g)
             cluster[r, c] = j
             counts[g, j] += 1
