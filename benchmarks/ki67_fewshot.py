@@ -7,8 +7,9 @@ Run: ``python benchmarks/ki67_fewshot.py [--steps 120 --p1-steps 500]`` with the
 p1 model is fine-tuned on it alone (same augmentation, its own clicks pick the checkpoint), and
 the other three tiles are predicted (without ``--tta``) and scored against their clicks, beside
 the p1 model's prediction of the same tiles. ``--arms``: fine-tune as p1 was trained
-(``ignore``) and with ``--unclicked background`` (``background``: p2's annotators click every
-tumour cell and lymphocyte and skip stroma, so an unclicked nucleus is one not to count). This
+(``ignore``, the default) or with ``--unclicked background`` (``background``, not yet run:
+p2's annotators click every tumour cell and lymphocyte and skip stroma, so an unclicked
+nucleus is one not to count). This
 is the workflow for a slide unlike the training ones -- ``pointcell train --init-from`` on a
 clicked field of it -- not the patient-split protocol of ``benchmarks/classes.py``. Writes
 ``benchmarks/results/ki67_fewshot.md``.
@@ -138,9 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120, help="fine-tuning steps on one tile")
     parser.add_argument("--p1-steps", type=int, default=500, help="training steps of the p1 model")
-    parser.add_argument(
-        "--arms", nargs="+", choices=sorted(ARMS_FEWSHOT), default=list(ARMS_FEWSHOT)
-    )
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS_FEWSHOT), default=["ignore"])
     args = parser.parse_args()
     start = time.time()
     images, points = DATA / "images", DATA / "points"
