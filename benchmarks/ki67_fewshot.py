@@ -9,16 +9,14 @@ the other three tiles are predicted (without ``--tta``) and scored against their
 the p1 model's prediction of the same tiles. ``--arms``: fine-tune as p1 was trained
 (``ignore``, the default) or with ``--unclicked background`` (``background``, not yet run:
 p2's annotators click every tumour cell and lymphocyte and skip stroma, so an unclicked
-nucleus is one not to count). This
-is the workflow for a slide unlike the training ones -- ``pointcell train --init-from`` on a
-clicked field of it -- not the patient-split protocol of ``benchmarks/classes.py``. Writes
-``benchmarks/results/ki67_fewshot.md``.
+nucleus is one not to count). This is the workflow for a slide unlike the training ones --
+``pointcell train --init-from`` on a clicked field of it -- not the patient-split protocol of
+``benchmarks/classes.py``. Writes ``benchmarks/results/ki67_fewshot.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,8 @@ from classes import (  # noqa: E402
     train,
     trained_steps,
 )
-from ki67_shift import ARMS, DATA, clicks_per_class  # noqa: E402
+from ki67_shift import ARMS, DATA, clicks_per_class, per_image_report  # noqa: E402
+from pointcell.metrics import DetectionScores  # noqa: E402
 
 WITHIN = 5.0  # the issue's target: Ki67 index within 5 percentage points
 # fine-tuning variants: run-name tag, extra `pointcell train` options, label
@@ -49,30 +48,35 @@ ARMS_FEWSHOT = {
 }
 
 
-def per_image_report(out: Path) -> dict[str, dict]:
-    return json.loads((out / "evaluation.json").read_text())["per_image"]
+def index_errors(errors: list[float]) -> dict[str, float]:
+    """Mean and largest Ki67 index error, and how many are within the target."""
+    values = np.asarray(errors)
+    return {
+        "mae": float(values.mean()),
+        "max": float(values.max()),
+        "within": int((values <= WITHIN).sum()),
+    }
 
 
 def held_out_scores(report: dict[str, dict], stems: list[str]) -> dict[str, float]:
     """Detection pooled over ``stems`` and their Ki67 index errors."""
     rows = [report[stem] for stem in stems]
-    tp, fp, fn = (sum(row[key] for row in rows) for key in ("det_tp", "det_fp", "det_fn"))
-    errors = np.array([row["positive_percent_abs_error"] for row in rows])
+    pooled = DetectionScores(
+        *(sum(row[key] for row in rows) for key in ("det_tp", "det_fp", "det_fn"))
+    )
     return {
-        "precision": tp / max(tp + fp, 1),
-        "f1": 2 * tp / max(2 * tp + fp + fn, 1),
-        "mae": float(errors.mean()),
-        "max": float(errors.max()),
-        "within": int((errors <= WITHIN).sum()),
+        "precision": pooled.precision,
+        "f1": pooled.f1,
+        **index_errors([row["positive_percent_abs_error"] for row in rows]),
     }
 
 
 def fine_tuned_folds(
     tag: str, extra: tuple[str, ...], p1_model: Path, p2: list[str], steps: int
 ) -> dict[str, dict[str, dict]]:
-    """Per clicked p2 tile: the evaluation of the p1 model fine-tuned on it, on the others."""
+    """Per clicked p2 tile: the evaluation of the p1 model fine-tuned on it (``extra``: its
+    training options), on the others."""
     images, points = DATA / "images", DATA / "points"
-    _, pale, _ = ARMS["pale"]
     reports = {}
     for clicked in p2:
         others = [stem for stem in p2 if stem != clicked]
@@ -83,7 +87,7 @@ def fine_tuned_folds(
             KI67_MPP,
             {"train": [clicked], "val": [clicked], "test": others},
             steps,
-            extra=(*pale, *extra),
+            extra=extra,
             init_from=str(p1_model / "best.pt"),
             val_every=max(1, steps // 3),
         )
@@ -109,13 +113,12 @@ def fold_rows(label: str, before: dict, after: dict[str, dict[str, dict]]) -> li
             f"| {old['within']} → {new['within']} of {len(others)} |"
         )
     pairs = [(stem, report[stem]) for report in after.values() for stem in report]
-    errors = np.array([row["positive_percent_abs_error"] for _, row in pairs])
-    old_errors = np.array([before[stem]["positive_percent_abs_error"] for stem, _ in pairs])
+    new = index_errors([row["positive_percent_abs_error"] for _, row in pairs])
+    old = index_errors([before[stem]["positive_percent_abs_error"] for stem, _ in pairs])
     rows.append(
-        f"| {label} | all {len(errors)} (clicked, held-out) pairs | | "
-        f"| {old_errors.mean():.1f} → {errors.mean():.1f} "
-        f"| {old_errors.max():.1f} → {errors.max():.1f} "
-        f"| {(old_errors <= WITHIN).sum()} → {(errors <= WITHIN).sum()} of {len(errors)} |"
+        f"| {label} | all {len(pairs)} (clicked, held-out) pairs | | "
+        f"| {old['mae']:.1f} → {new['mae']:.1f} | {old['max']:.1f} → {new['max']:.1f} "
+        f"| {old['within']} → {new['within']} of {len(pairs)} |"
     )
     return rows
 
@@ -155,7 +158,7 @@ def main() -> None:
     rows, tables = [], []
     for arm in args.arms:
         tag, extra, label = ARMS_FEWSHOT[arm]
-        after = fine_tuned_folds(tag, extra, p1_model, p2, args.steps)
+        after = fine_tuned_folds(tag, (*pale, *extra), p1_model, p2, args.steps)
         rows += fold_rows(label, before, after)
         tables += [
             f"Fine-tuned with {label}:",

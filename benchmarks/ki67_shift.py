@@ -138,12 +138,16 @@ def audit() -> list[str]:
     return lines
 
 
+def per_image_report(out: Path) -> dict[str, dict]:
+    """The per-image rows of the evaluation report in prediction folder ``out``."""
+    return json.loads((out / "evaluation.json").read_text())["per_image"]
+
+
 def per_image(out: Path) -> dict[str, tuple[float, float]]:
     """Ki67 index (true, predicted) per test image from an evaluation report."""
-    report = json.loads((out / "evaluation.json").read_text())
     return {
         image: (row["positive_percent_true"], row["positive_percent_pred"])
-        for image, row in report["per_image"].items()
+        for image, row in per_image_report(out).items()
         if "positive_percent_true" in row
     }
 
