@@ -14,8 +14,9 @@ not the patient-split protocol of ``benchmarks/classes.py``. Writes
 
 Fine-tuning with ``--unclicked background`` was measured too (2026-12-02, one tile, 120 steps):
 the same figures to within 0.01 of detection F1 and 0.4 points of index, because the local
-clustering already labels the unclicked stroma nuclei of p2 as background inside each click's
-Voronoi cell -- the option changes 0.04-0.10% of the cluster label's pixels on p2's tiles.
+clustering already labels 93-99% of the pixels of p2's unclicked nuclei background (each click's
+Voronoi cell keeps only the nucleus at the click) -- the option changes 0.04-0.10% of the
+cluster label's pixels on p2's tiles.
 """
 
 from __future__ import annotations
