@@ -321,7 +321,7 @@ def crchisto(
             f"cosine from half way), kept: step {kept}",
         )  # fmt: skip
     if exclude_steps:
-        # the annealed weights trained on with unclicked stained nuclei out of the cluster loss
+        # the annealed weights trained on with unclicked stained nuclei out of the losses
         # (the clustering otherwise labels most of their pixels background)
         continued(
             "classes-crchisto-exclude", best_so_far, exclude_steps,
@@ -342,7 +342,7 @@ LONG_VAL_EVERY = 500
 
 def crchisto_long(steps: list[int]) -> tuple[list[tuple[str, dict]], Path]:
     """One long run from the shipped H&E model (what bf16 on a CPU with AMX makes affordable):
-    unclicked nuclei out of the cluster loss, constant lr then a cosine decay from half way,
+    unclicked nuclei out of the losses, constant lr then a cosine decay from half way,
     validated and snapshotted every 500 steps; trained to ``steps[0]``, then extended to each
     further length in turn (``pointcell train --resume --steps N`` stretches the decay over
     the new total, so the rate rises again). Scored with the weights validation picked and

@@ -7,6 +7,7 @@ from pointcell.encodings import (
     BACKGROUND,
     IGNORE,
     NUCLEUS,
+    REPEL_IGNORE,
     EncodingParams,
     cluster_label,
     encode,
@@ -199,6 +200,24 @@ def test_excluded_unclicked_nuclei_leave_the_cluster_loss(disks):
     changed = excluded != default
     assert not changed[~ndimage.binary_dilation(disks.truth > 1, iterations=3)].any()
     np.testing.assert_array_equal(excluded == NUCLEUS, default == NUCLEUS)
+
+
+def test_excluded_unclicked_nuclei_leave_the_repel_loss(disks):
+    clicked = disks.centres_xy[:1]
+    far = disks.truth == 4  # unclicked, 18 µm from the click
+    default = encode(disks.image, clicked, mpp=disks.mpp)
+    excluded = encode(
+        disks.image, clicked, mpp=disks.mpp, params=EncodingParams(unclicked="exclude")
+    )
+    assert (default.filtered_repel[far] == 0).all()  # "not a nucleus" to the repel loss
+    assert (
+        excluded.filtered_repel[ndimage.binary_erosion(far, iterations=2)] == REPEL_IGNORE
+    ).all()
+    skipped = excluded.filtered_repel < 0
+    assert not skipped[~ndimage.binary_dilation(disks.truth > 1, iterations=3)].any()
+    np.testing.assert_array_equal(
+        excluded.filtered_repel[~skipped], default.filtered_repel[~skipped]
+    )
 
 
 def test_encode_zero_points_is_all_background_for_clusters(disks):

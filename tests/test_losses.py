@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pointcell.encodings import IGNORE
+from pointcell.encodings import IGNORE, REPEL_IGNORE
 from pointcell.losses import TaskCombiner, labelled_cross_entropy, proximity_loss, repel_loss
 
 
@@ -70,6 +70,15 @@ def test_repel_loss_is_mse_on_nucleus_probability():
     logits = torch.zeros(1, 2, 2, 2)  # softmax -> 0.5 everywhere
     target = torch.tensor([[[0.5, 1.0], [0.0, 0.5]]])
     assert float(repel_loss(logits, target)) == pytest.approx((0.25 + 0.25) / 4)
+
+
+def test_repel_loss_skips_negative_targets():
+    logits = torch.zeros(1, 2, 2, 2, requires_grad=True)  # probability 0.5 everywhere
+    target = torch.tensor([[[1.0, REPEL_IGNORE], [0.0, -0.3]]])  # -0.3: blended by a warp
+    assert repel_loss(logits, target).item() == pytest.approx((0.25 + 0.25) / 2)
+    skipped = repel_loss(logits, torch.full((1, 2, 2), REPEL_IGNORE))
+    skipped.backward()
+    assert skipped.item() == 0.0 and logits.grad is not None
 
 
 def test_proximity_loss_is_binary_cross_entropy_on_the_soft_target():

@@ -86,8 +86,8 @@ def _encoding_options(function):  # noqa: ANN001, ANN202
         show_default=True,
         help="Stained nuclei with no click near them: ignore (left to the clustering, which "
         "mostly calls them background), background (every cell of interest is clicked, e.g. an "
-        "IHC score that skips stroma) or exclude (clicks are sparse: the cluster loss skips "
-        "them).",
+        "IHC score that skips stroma) or exclude (clicks are sparse: the cluster and repel "
+        "losses skip them).",
     )(function)
     return click.option(
         "--seed", type=int, default=0, show_default=True, help="Seed of the global k-means."

@@ -14,7 +14,8 @@ Stained nuclei that no click reaches are left to the clustering by default (its 
 clusters take most of them: 76% of their pixels on 30 CRCHisto tiles). Where clicks are
 complete for the cells of interest (``EncodingParams(unclicked="background")``) they are all
 background; where clicks are sparse (``unclicked="exclude"``) none of them is: the cluster
-loss skips them, so a nucleus nobody clicked does not teach the network that it is not one.
+and repel losses skip them (cluster label IGNORE, filtered repel ``REPEL_IGNORE``), so a
+nucleus nobody clicked does not teach the network that it is not one.
 
 Label maps use ``BACKGROUND = 0``, ``NUCLEUS = 1``, ``IGNORE = 2``. Points are (x, y) pixels;
 arrays are (row, col). All sizes are given in micrometres and converted with the pixel size.
@@ -38,6 +39,7 @@ from pointcell.kernels import local_kmeans, near_bisector, repel, scatter_two_ne
 from pointcell.postprocess import fill_small_holes, remove_small_objects
 
 BACKGROUND, NUCLEUS, IGNORE = 0, 1, 2
+REPEL_IGNORE = -1.0  # filtered repel of pixels the repel loss skips (any negative value)
 
 ClusteringMode = Literal["local", "global"]
 UnclickedMode = Literal["ignore", "background", "exclude"]
@@ -66,7 +68,7 @@ class EncodingParams:
     # stained blobs with no click within unclicked_distance_um: "ignore" (left to the
     # clustering), "background" (every cell of interest is clicked, as when an IHC score counts
     # tumour cells and skips stroma: the model should learn to skip them too) or "exclude"
-    # (clicks may miss cells: the cluster loss skips them)
+    # (clicks may miss cells: the cluster and repel losses skip them)
     unclicked: UnclickedMode = "ignore"
     unclicked_distance_um: float = 4.0
 
@@ -100,7 +102,7 @@ class Encodings:
     voronoi: np.ndarray  # uint8 in {BACKGROUND, NUCLEUS, IGNORE}
     cluster: np.ndarray  # uint8 in {BACKGROUND, NUCLEUS, IGNORE}
     repel: np.ndarray  # float32 in [0, 1]
-    filtered_repel: np.ndarray  # float32, repel * (cluster == NUCLEUS)
+    filtered_repel: np.ndarray  # float32, repel * (cluster == NUCLEUS); REPEL_IGNORE: skipped
 
 
 @dataclass(frozen=True)
@@ -285,12 +287,14 @@ def cluster_label(
     params: EncodingParams = EncodingParams(),
     near: NearestPoints | None = None,
     edges: np.ndarray | None = None,
+    unclicked: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cluster label (H, W) uint8 from k-means on colour and distance, local or global.
 
     After clustering, each nucleus mask is cleaned as in Qu et al.: only the connected part
     touching its point is kept (the rest becomes IGNORE), small holes are filled, and Voronoi
-    lines are set to BACKGROUND so touching nuclei stay apart.
+    lines are set to BACKGROUND so touching nuclei stay apart. ``unclicked``: the mask of
+    :func:`unclicked_nuclei`, when already computed.
     """
     shape = image.shape[:2]
     points_xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
@@ -313,9 +317,10 @@ def cluster_label(
     edges = edges if edges is not None else voronoi_edges(points_xy, near)
     label = _clean_nuclei(roles, edges, disks, max_hole_px=params.max_hole_um2 / mpp**2)
     if params.unclicked != "ignore":
-        unclicked = unclicked_nuclei(
-            image, near.d1, mpp=mpp, max_distance_um=params.unclicked_distance_um
-        )
+        if unclicked is None:
+            unclicked = unclicked_nuclei(
+                image, near.d1, mpp=mpp, max_distance_um=params.unclicked_distance_um
+            )
         if params.unclicked == "background":
             label[unclicked & (label == IGNORE)] = BACKGROUND
         else:
@@ -431,7 +436,18 @@ def encode(
     near = nearest_points(points_xy, shape)
     edges = voronoi_edges(points_xy, near)
     voronoi = voronoi_label(points_xy, shape, mpp=mpp, params=params, near=near, edges=edges)
-    cluster = cluster_label(image, points_xy, mpp=mpp, params=params, near=near, edges=edges)
+    unclicked = None
+    if params.unclicked != "ignore":
+        unclicked = unclicked_nuclei(
+            image, near.d1, mpp=mpp, max_distance_um=params.unclicked_distance_um
+        )
+    cluster = cluster_label(
+        image, points_xy, mpp=mpp, params=params, near=near, edges=edges, unclicked=unclicked
+    )
     repel = repel_code(points_xy, shape, mpp=mpp, params=params, near=near)
     filtered = np.where(cluster == NUCLEUS, repel, 0.0).astype(np.float32)
+    if params.unclicked == "exclude" and unclicked is not None:
+        # the repel target is 0 wherever no click is near: without this, an unclicked nucleus
+        # still learns "not a nucleus" from the repel loss
+        filtered[unclicked & (cluster != NUCLEUS)] = REPEL_IGNORE
     return Encodings(voronoi=voronoi, cluster=cluster, repel=repel, filtered_repel=filtered)

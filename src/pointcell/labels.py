@@ -47,7 +47,8 @@ def write_labels(
     """Encode every image/points pair and write ``out/{voronoi,cluster,repel,overlay}/<stem>``.
 
     Voronoi and cluster labels are 8-bit PNGs (0 background, 1 nucleus, 2 ignore), the filtered
-    repel code a float32 TIFF, the overlay an RGB PNG. Each file appears atomically.
+    repel code a float32 TIFF (-1 where the repel loss skips the pixel), the overlay an RGB
+    PNG. Each file appears atomically.
     """
     out = Path(out)
     pairs = pair_images_with_points(images, points)

@@ -4,7 +4,9 @@ Functional losses take the network's logits (B, 2, H, W) and a target (B, H, W):
 
 * Voronoi: cross-entropy over non-ignored pixels only (paper eq. 2);
 * cluster: cross-entropy (paper eq. 1); pointcell's cluster label also has an ignore value;
-* repel: mean squared error between the nucleus probability and the filtered repel (eq. 3).
+* repel: mean squared error between the nucleus probability and the filtered repel (eq. 3),
+  over pixels whose target is not negative (``REPEL_IGNORE``: unclicked nuclei under
+  ``unclicked="exclude"``).
 
 A classifying model (typed points) adds a fourth loss, ``class``: cross-entropy of its class
 channels against the class target, which labels only the pixels at and around typed points
@@ -49,8 +51,14 @@ def labelled_cross_entropy(
 
 
 def repel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between the nucleus probability and the (filtered) repel map."""
-    return F.mse_loss(nucleus_probability(logits), target.float())
+    """Mean squared error between the nucleus probability and the (filtered) repel map, over
+    pixels whose target is not negative (``REPEL_IGNORE``, also where bilinear warping blends
+    it with a neighbour; 0 if there are none)."""
+    probability = nucleus_probability(logits)
+    valid = target >= 0
+    if not bool(valid.any()):
+        return probability.float().sum() * 0.0
+    return F.mse_loss(probability[valid].float(), target[valid].float())
 
 
 def class_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

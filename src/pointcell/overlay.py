@@ -30,8 +30,9 @@ def encodings_overlay(image: np.ndarray, points_xy: np.ndarray, enc: Encodings) 
     lines, outlines of the cluster nucleus mask and the points; z enlarges small tiles."""
     zoom = upscale_factor(image.shape[:2])
     rgb = image.astype(np.float32) / 255.0
-    alpha = 0.5 * enc.filtered_repel[..., None]
-    rgb = (1 - alpha) * rgb + alpha * heat_colours(enc.filtered_repel)
+    repel = np.clip(enc.filtered_repel, 0.0, None)  # REPEL_IGNORE (skipped) drawn as 0
+    alpha = 0.5 * repel[..., None]
+    rgb = (1 - alpha) * rgb + alpha * heat_colours(repel)
     rgb = _zoom(rgb, zoom)
     outline = find_boundaries(_zoom(enc.cluster == NUCLEUS, zoom), mode="inner")
     rgb[outline] = np.array(OUTLINE_COLOUR) / 255.0
