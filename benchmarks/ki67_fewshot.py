@@ -69,12 +69,15 @@ def held_out_scores(report: dict[str, dict], stems: list[str]) -> dict[str, floa
     }
 
 
+Fold = tuple[str, ...]  # the clicked p2 tiles of one fine-tuning
+
+
 def fine_tuned_folds(
     extra: tuple[str, ...], p1_model: Path, p2: list[str], tiles: int, steps: int
-) -> dict[str, dict[str, dict]]:
-    """Per set of ``tiles`` clicked p2 tiles (every combination, named by its stems joined with
-    ``+``): the evaluation, on the other p2 tiles, of the p1 model fine-tuned on them for
-    ``steps`` steps per tile (``extra``: its training options)."""
+) -> dict[Fold, dict[str, dict]]:
+    """Per set of ``tiles`` clicked p2 tiles (every combination): the evaluation, on the other
+    p2 tiles, of the p1 model fine-tuned on them for ``steps`` steps per tile (``extra``: its
+    training options)."""
     images, points = DATA / "images", DATA / "points"
     reports = {}
     for clicked in itertools.combinations(p2, tiles):
@@ -95,18 +98,18 @@ def fine_tuned_folds(
         predict_and_evaluate(
             run, [images / f"{s}.jpg" for s in others], points, KI67_MPP, out, tta=False
         )
-        reports[name] = per_image_report(out)
+        reports[clicked] = per_image_report(out)
     return reports
 
 
-def fold_rows(tiles: int, before: dict, after: dict[str, dict[str, dict]]) -> list[str]:
+def fold_rows(tiles: int, before: dict, after: dict[Fold, dict[str, dict]]) -> list[str]:
     rows = []
-    for name, report in after.items():
+    for clicked, report in after.items():
         others = list(report)
         old, new = held_out_scores(before, others), held_out_scores(report, others)
-        clicks = clicks_per_class([DATA / "images" / f"{s}.jpg" for s in name.split("+")])
+        clicks = clicks_per_class([DATA / "images" / f"{s}.jpg" for s in clicked])
         rows.append(
-            f"| {tiles} | {name.replace('+', ' + ')} ({clicks['positive']} positive, "
+            f"| {tiles} | {' + '.join(clicked)} ({clicks['positive']} positive, "
             f"{clicks['negative']} negative) | {old['precision']:.3f} → {new['precision']:.3f} "
             f"| {old['f1']:.3f} → {new['f1']:.3f} | {old['mae']:.1f} → {new['mae']:.1f} "
             f"| {old['max']:.1f} → {new['max']:.1f} "
@@ -123,7 +126,7 @@ def fold_rows(tiles: int, before: dict, after: dict[str, dict[str, dict]]) -> li
     return rows
 
 
-def index_rows(p2: list[str], before: dict, after: dict[str, dict[str, dict]]) -> list[str]:
+def index_rows(p2: list[str], before: dict, after: dict[Fold, dict[str, dict]]) -> list[str]:
     """Per p2 tile: true index, the p1 model's, and each fine-tuned model's."""
     rows = []
     for stem in p2:
@@ -167,7 +170,7 @@ def main() -> None:
             f"Fine-tuned on {tiles} clicked tile{'s' * (tiles > 1)}:",
             "",
             "| tile | true | p1 model | "
-            + " | ".join(f"tuned on {n.replace('+', ' + ')}" for n in after)
+            + " | ".join(f"tuned on {' + '.join(clicked)}" for clicked in after)
             + " |",
             "|---|---|---|" + "---|" * len(after),
             *index_rows(p2, before, after),

@@ -218,6 +218,11 @@ def test_excluded_unclicked_nuclei_leave_the_repel_loss(disks):
     np.testing.assert_array_equal(
         excluded.filtered_repel[~skipped], default.filtered_repel[~skipped]
     )
+    # without clicks the cluster label is all background, and the repel loss agrees with it
+    unclicked_only = encode(
+        disks.image, np.empty((0, 2)), mpp=disks.mpp, params=EncodingParams(unclicked="exclude")
+    )
+    assert (unclicked_only.filtered_repel == 0).all()
 
 
 def test_encode_zero_points_is_all_background_for_clusters(disks):

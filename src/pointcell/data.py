@@ -34,7 +34,7 @@ from pointcell.io.pairing import ImagePointsPair
 from pointcell.io.points import read_points
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 CLASS_IGNORE = 255  # class target of pixels with no class (class indices start at 0)
 UNTYPED = ("", "unlabelled", "unlabeled", "unknown")  # class names that carry no class
 

@@ -316,11 +316,9 @@ def cluster_label(
         roles = _role_table(*(t[None, :] for t in tallies))[0, assign].reshape(shape)
     edges = edges if edges is not None else voronoi_edges(points_xy, near)
     label = _clean_nuclei(roles, edges, disks, max_hole_px=params.max_hole_um2 / mpp**2)
-    if params.unclicked != "ignore":
-        if unclicked is None:
-            unclicked = unclicked_nuclei(
-                image, near.d1, mpp=mpp, max_distance_um=params.unclicked_distance_um
-            )
+    if unclicked is None:
+        unclicked = unclicked_mask(image, near, mpp=mpp, params=params)
+    if unclicked is not None:
         if params.unclicked == "background":
             label[unclicked & (label == IGNORE)] = BACKGROUND
         else:
@@ -333,6 +331,16 @@ def stain_density(image: np.ndarray) -> np.ndarray:
     high on nuclei in H&E and in IHC whether or not they are positive."""
     hed = rgb2hed(image)
     return np.clip(hed[..., 0], 0, None) + np.clip(hed[..., 2], 0, None)
+
+
+def unclicked_mask(
+    image: np.ndarray, near: NearestPoints, *, mpp: float, params: EncodingParams
+) -> np.ndarray | None:
+    """The :func:`unclicked_nuclei` that ``params.unclicked`` acts on (None when it leaves
+    them to the clustering)."""
+    if params.unclicked == "ignore":
+        return None
+    return unclicked_nuclei(image, near.d1, mpp=mpp, max_distance_um=params.unclicked_distance_um)
 
 
 def unclicked_nuclei(
@@ -436,11 +444,7 @@ def encode(
     near = nearest_points(points_xy, shape)
     edges = voronoi_edges(points_xy, near)
     voronoi = voronoi_label(points_xy, shape, mpp=mpp, params=params, near=near, edges=edges)
-    unclicked = None
-    if params.unclicked != "ignore":
-        unclicked = unclicked_nuclei(
-            image, near.d1, mpp=mpp, max_distance_um=params.unclicked_distance_um
-        )
+    unclicked = unclicked_mask(image, near, mpp=mpp, params=params)
     cluster = cluster_label(
         image, points_xy, mpp=mpp, params=params, near=near, edges=edges, unclicked=unclicked
     )
@@ -448,6 +452,7 @@ def encode(
     filtered = np.where(cluster == NUCLEUS, repel, 0.0).astype(np.float32)
     if params.unclicked == "exclude" and unclicked is not None:
         # the repel target is 0 wherever no click is near: without this, an unclicked nucleus
-        # still learns "not a nucleus" from the repel loss
-        filtered[unclicked & (cluster != NUCLEUS)] = REPEL_IGNORE
+        # still learns "not a nucleus" from the repel loss. Skipped where the cluster loss
+        # skips it too (an image without clicks keeps its all-background cluster label).
+        filtered[unclicked & (cluster == IGNORE)] = REPEL_IGNORE
     return Encodings(voronoi=voronoi, cluster=cluster, repel=repel, filtered_repel=filtered)
