@@ -136,7 +136,7 @@ def predict_and_evaluate(
         and evaluation.stat().st_mtime > weights.stat().st_mtime
     ):
         cli(*args)
-        cli("evaluate", "--pred", str(out), "--gt", str(gt), "--mpp", str(mpp))
+        cli("evaluate", "--pred", str(out), "--gt", str(gt), "--mpp", str(mpp), "--allow-missing")
         command.write_text(json.dumps(args))
     else:
         REUSED_PREDICTIONS.append(out.name)
@@ -148,7 +148,7 @@ def floor(images: list[Path], gt: Path, mpp: float, out: Path, extra: list[str])
     for path in images:
         args += ["--images", str(path)]
     cli(*args)
-    cli("evaluate", "--pred", str(out), "--gt", str(gt), "--mpp", str(mpp))
+    cli("evaluate", "--pred", str(out), "--gt", str(gt), "--mpp", str(mpp), "--allow-missing")
     return json.loads((out / "evaluation.json").read_text())["aggregate"]
 
 
@@ -177,7 +177,7 @@ def f1_at_published_radius(out: Path, gt: Path) -> float:
     report = out / "evaluation-6px.json"
     cli(
         "evaluate", "--pred", str(out), "--gt", str(gt), "--mpp", str(CRC_MPP),
-        "--radius-um", f"{PUBLISHED_RADIUS_UM:.2f}", "--out", str(report),
+        "--radius-um", f"{PUBLISHED_RADIUS_UM:.2f}", "--out", str(report), "--allow-missing",
     )  # fmt: skip
     return json.loads(report.read_text())["aggregate"]["det_f1"]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, monuseg_dir, provenance, write_result  # noqa: E402
+from pointcell.io.checkpoints import load_checkpoint  # noqa: E402
 
 SPLIT = REPO / "benchmarks" / "monuseg_split.json"
 WORK = REPO / "benchmarks" / ".cache" / "monuseg"
@@ -92,9 +93,7 @@ def train(name: str, options: list[str], args: argparse.Namespace, root: Path) -
     run_dir = run_dir_for(name, args.preset, args.runs)
     cli = [sys.executable, "-m", "pointcell.cli"]
     if (run_dir / "last.pt").is_file():
-        import torch
-
-        state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+        state = load_checkpoint(run_dir / "last.pt")
         if state["step"] < state["total_steps"]:
             run([*cli, "train", "--resume", str(run_dir)])
         return run_dir
@@ -147,17 +146,11 @@ def predict_and_score(
 
 
 def training_time(run_dir: Path) -> float:
-    import torch
-
-    return float(
-        torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["elapsed_s"]
-    )
+    return float(load_checkpoint(run_dir / "last.pt")["elapsed_s"])
 
 
 def learning_curve(run_dir: Path, name: str, images: Path, masks: Path) -> list[dict]:
     """Test AJI and detection F1 of every kept snapshot, against training time."""
-    import torch
-
     rows = []
     for snapshot in sorted((run_dir / "snapshots").glob("step-*.pt")):
         out = WORK / "curves" / name / snapshot.stem
@@ -165,7 +158,7 @@ def learning_curve(run_dir: Path, name: str, images: Path, masks: Path) -> list[
             scores = predict_and_score(snapshot, VARIANTS[name][1], out, images, masks)
         else:
             scores = json.loads((out / "evaluation.json").read_text())["aggregate"]
-        state = torch.load(snapshot, map_location="cpu", weights_only=False)
+        state = load_checkpoint(snapshot)
         rows.append({"step": state["step"], "elapsed_s": state["elapsed_s"], **scores})
     return rows
 

@@ -45,7 +45,7 @@ def tiny_labels_job(tmp_path, points_csv: str) -> list[str]:
 def test_png_without_pixel_size_needs_mpp(tmp_path):
     args = tiny_labels_job(tmp_path, "x,y\n10,10\n")
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 1  # usage errors exit 1, as bad input does
     assert "a.png: the file does not record its pixel size; pass --mpp" in result.output
     assert "Traceback" not in result.output
     assert CliRunner().invoke(main, [*args, "--mpp", "0.5"]).exit_code == 0
@@ -54,7 +54,7 @@ def test_png_without_pixel_size_needs_mpp(tmp_path):
 def test_bad_points_give_one_clear_line(tmp_path):
     args = tiny_labels_job(tmp_path, "x,y\n10,oops\n")
     result = CliRunner().invoke(main, [*args, "--mpp", "0.5"])
-    assert result.exit_code == 1
+    assert result.exit_code == 1  # usage errors exit 1, as bad input does
     assert "a.csv, line 2: column 'y' is 'oops', not a number" in result.output
     assert not (tmp_path / "out" / "voronoi").exists()
 
@@ -138,7 +138,7 @@ def test_train_and_resume_commands(tmp_path):
 
 def test_train_needs_inputs_or_resume(tmp_path):
     result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # usage errors exit 1, as bad input does
     assert "--images, --points and --out are required" in result.output
     bad = CliRunner().invoke(
         main,
@@ -154,13 +154,13 @@ def test_train_needs_inputs_or_resume(tmp_path):
             "100",
         ],
     )
-    assert bad.exit_code == 2 and "multiple of 32" in bad.output
+    assert bad.exit_code == 1 and "multiple of 32" in bad.output
     common = ["train", "--images", str(tmp_path), "--points", str(tmp_path), "--out"]
     typo = CliRunner().invoke(main, [*common, str(tmp_path / "t"), "--tasks", "voronoi,edges"])
-    assert typo.exit_code == 2 and "tasks must be a non-empty subset" in typo.output
+    assert typo.exit_code == 1 and "tasks must be a non-empty subset" in typo.output
     assert not (tmp_path / "t").exists()  # refused before any encoding or run folder
     reversed_zoom = CliRunner().invoke(main, ["train", "--scale-range", "2", "0.5"])
-    assert reversed_zoom.exit_code == 2 and "MIN must not exceed MAX" in reversed_zoom.output
+    assert reversed_zoom.exit_code == 1 and "MIN must not exceed MAX" in reversed_zoom.output
 
 
 def test_predict_and_evaluate_commands(sample, small_checkpoint, tmp_path):
@@ -244,7 +244,7 @@ def test_labels_unclicked_background(sample, tmp_path):
 def test_predict_rejects_bad_tiles_and_models(sample, tmp_path):
     args = ["predict", "--images", str(sample / "images"), "--out", str(tmp_path)]
     bad_tile = CliRunner().invoke(main, [*args, "--model", str(tmp_path), "--tile-size", "100"])
-    assert bad_tile.exit_code == 2 and "multiples of 32" in bad_tile.output
+    assert bad_tile.exit_code == 1 and "multiples of 32" in bad_tile.output
     missing = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "none.pt")])
     assert missing.exit_code == 1 and "no such model file" in missing.output
 
@@ -268,7 +268,7 @@ def test_predict_adapt_norm_adapts_and_records_it(sample, small_checkpoint, tmp_
     refused = CliRunner().invoke(
         main, [*args[:3], "--images", str(slide), "--out", str(tmp_path), "--adapt-norm"]
     )
-    assert refused.exit_code == 2 and "not whole slides" in refused.output
+    assert refused.exit_code == 1 and "not whole slides" in refused.output
 
 
 def write_qupath_points(path, centres, cls="Tumor"):

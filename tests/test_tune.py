@@ -159,7 +159,7 @@ def test_tune_command_writes_the_best_model(small_checkpoint, disk_dataset, tmp_
     best = float(result.output.split("best foreground ")[1].split()[0])
     assert load_predictor(out, device="cpu").postprocess.foreground == pytest.approx(best)
     half = CliRunner().invoke(main, [*args, *data[:2]])
-    assert half.exit_code == 2 and "both --images and --points" in half.output
+    assert half.exit_code == 1 and "both --images and --points" in half.output
 
 
 def test_tune_command_defaults_to_the_runs_validation_images(

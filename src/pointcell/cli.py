@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -14,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pointcell import __version__
+from pointcell.checks import check_output_dir, check_output_file
 from pointcell.encodings import ClusteringMode, EncodingParams, UnclickedMode
 from pointcell.errors import PointcellInputError
+from pointcell.io.atomic import remove_live_temporaries
 
 if TYPE_CHECKING:  # the CLI imports torch only in the commands that need it
     from pointcell.device import Precision
@@ -30,14 +35,54 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.secho(f"warning: {message}", fg="yellow", err=True)
 
 
+EXIT_ERROR = 1  # any usage error or bad input: one line on stderr
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that ``finally`` blocks clean up."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 class _Group(click.Group):
-    """Turns input errors into one clear line (exit code 1) instead of a traceback."""
+    """One exit-code convention for every command: 0 done, 1 for usage errors and bad input
+    alike (one line, never a traceback), 130 on Ctrl-C and 143 on SIGTERM, with the temporary
+    files of unfinished writes removed."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except PointcellInputError as exc:
             raise click.ClickException(str(exc)) from exc
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+        kwargs["standalone_mode"] = False
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+        try:
+            result = super().main(*args, **kwargs)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            _stop("interrupted", EXIT_INTERRUPTED)
+        except _Terminated:
+            _stop("terminated", EXIT_TERMINATED)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(EXIT_ERROR)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _stop(word: str, code: int) -> None:
+    removed = remove_live_temporaries()
+    note = f"; removed {removed} unfinished file(s)" if removed else ""
+    click.echo(f"{word}{note}", err=True)
+    sys.exit(code)
 
 
 @click.group(cls=_Group)
@@ -52,10 +97,43 @@ def main(verbose: bool) -> None:
     warnings.showwarning = _show_warning
 
 
+class _FiniteFloatRange(click.FloatRange):
+    """click's FloatRange lets NaN through (every comparison with it is false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _writable_folder(ctx: click.Context, param: click.Parameter, value: Path | None) -> Any:
+    return None if value is None else _as_bad_parameter(check_output_dir, value, ctx, param)
+
+
+def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Any:
+    return None if value is None else _as_bad_parameter(check_output_file, value, ctx, param)
+
+
+def _as_bad_parameter(check: Any, value: Path, ctx: click.Context, param: click.Parameter) -> Any:
+    try:
+        return check(value)
+    except PointcellInputError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``, or one line saying why it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PointcellInputError(f"{path}: cannot read the {what} as JSON ({exc})") from exc
+
+
 def _mpp_option(function):  # noqa: ANN001, ANN202
     return click.option(
         "--mpp",
-        type=click.FloatRange(min=0, min_open=True),
+        type=_FiniteFloatRange(min=0, min_open=True),
         default=None,
         help="Pixel size in µm/px; overrides the file's metadata (required when it has none).",
     )(function)
@@ -64,7 +142,7 @@ def _mpp_option(function):  # noqa: ANN001, ANN202
 def _radius_option(function):  # noqa: ANN001, ANN202
     return click.option(
         "--radius-um",
-        type=click.FloatRange(min=0, min_open=True),
+        type=_FiniteFloatRange(min=0, min_open=True),
         default=3.0,
         show_default=True,
         help="Matching radius: a detection counts when it lies this close to a true cell.",
@@ -106,7 +184,11 @@ def _many_images_option(function):  # noqa: ANN001, ANN202
 
 def _output_folder_option(help_text: str = "Output folder."):  # noqa: ANN202
     return click.option(
-        "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help=help_text
+        "--out",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        callback=_writable_folder,
+        help=help_text,
     )
 
 
@@ -120,7 +202,7 @@ def _ordered_range(
 
 def _factor_range_option(name: str, default: tuple[float, float], help_text: str):  # noqa: ANN202
     """A ``MIN MAX`` pair of positive factors for a log-uniform augmentation draw."""
-    factor = click.FloatRange(min=0.05, max=20)
+    factor = _FiniteFloatRange(min=0.05, max=20)
     return click.option(
         name, type=(factor, factor), default=default, show_default=True, metavar="MIN MAX",
         callback=_ordered_range, help=help_text,
@@ -208,7 +290,10 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
     help="Points file or folder, matched to images by file name.",
 )
 @click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder to create."
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    callback=_writable_folder,
+    help="Run folder to create.",
 )
 @click.option(
     "--resume",
@@ -231,7 +316,7 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
 )
 @click.option(
     "--epochs",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_FiniteFloatRange(min=0, min_open=True),
     help="Training length in epochs (one patch per patch-sized area of training "
     "images); instead of --steps.",
 )
@@ -256,7 +341,7 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
     help="How task losses are combined.",
 )
 @click.option("--optimizer", type=click.Choice(["ranger", "adam"]), help="Default: ranger.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default: 1e-3.")
+@click.option("--lr", type=_FiniteFloatRange(min=0, min_open=True), help="Default: 1e-3.")
 @click.option(
     "--lr-schedule",
     type=click.Choice(["constant", "flat-cosine"]),
@@ -266,7 +351,7 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
 )
 @click.option(
     "--anneal-from",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=_FiniteFloatRange(0, 1, max_open=True),
     default=0.72,
     show_default=True,
     help="flat-cosine: share of the steps before the decay starts (0: decay throughout).",
@@ -275,7 +360,7 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
 @click.option("--patch-size", type=click.IntRange(min=32), help="Default: 256.")
 @click.option(
     "--working-mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_FiniteFloatRange(min=0, min_open=True),
     default=0.5,
     show_default=True,
     help="Pixel size the network works at (µm/px).",
@@ -317,7 +402,7 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
 )
 @click.option(
     "--hed-jitter",
-    type=click.FloatRange(0, 0.5),
+    type=_FiniteFloatRange(0, 0.5),
     default=0.0,
     show_default=True,
     help="Stain augmentation: jitter of hematoxylin/eosin/DAB densities (0.05 is mild).",
@@ -339,6 +424,7 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    callback=_writable_folder,
     help="Where encodings are cached (default ~/.cache/pointcell/encodings).",
 )
 def train(
@@ -412,7 +498,7 @@ def train(
                 "clip": clip,
                 "encoding": EncodingParams(clustering=clustering, unclicked=unclicked, seed=seed),
                 "seed": seed,
-                "split": json.loads(split_file.read_text()) if split_file else None,
+                "split": _read_json(split_file, "split") if split_file else None,
                 "val_every": val_every,
                 "checkpoint_every": checkpoint_every,
                 "snapshot_every": snapshot_every,
@@ -471,28 +557,28 @@ def train(
     help="Split the nucleus mask by a watershed from the detections (default) or "
     "by connected components (the paper).",
 )
-@click.option("--min-area-um2", type=click.FloatRange(min=0), help="Smallest nucleus kept.")
+@click.option("--min-area-um2", type=_FiniteFloatRange(min=0), help="Smallest nucleus kept.")
 @click.option(
     "--min-distance-um",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_FiniteFloatRange(min=0, min_open=True),
     help="Smallest distance between two detections (the model's default: 2.5 µm); raise it "
     "for large nuclei that give two peaks.",
 )
 @click.option(
     "--min-probability",
-    type=click.FloatRange(0, 1),
+    type=_FiniteFloatRange(0, 1),
     help="Smallest nucleus probability of a detection (default 0.5); raise it to keep only "
     "confident cells: objects whose highest probability is lower are dropped.",
 )
 @click.option(
     "--foreground",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=_FiniteFloatRange(0, 1, min_open=True, max_open=True),
     help="Nucleus mask threshold on the probability (the model's default: 0.5, the argmax); "
     "lower it with --min-probability to find fainter nuclei (pointcell tune chooses both).",
 )
 @click.option(
     "--min-proximity",
-    type=click.FloatRange(0, 1),
+    type=_FiniteFloatRange(0, 1),
     help="Models with a detection head: lowest proximity peak that is a cell (the model's "
     "default: 0.2); raise it for fewer, surer cells.",
 )
@@ -730,15 +816,31 @@ def _echo_slide_summaries(summaries: list[SlideSummary]) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_writable_file,
     help="JSON report (default: PRED/evaluation.json; a CSV is written beside it).",
 )
-def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Path | None) -> None:
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Score a partial folder (an interrupted predict, or ground truth of images not "
+    "predicted) instead of refusing; the report counts what was missing.",
+)
+def evaluate(
+    pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Path | None, allow_missing: bool
+) -> None:
     """Score predictions: pixel ACC/F1, object Dice, AJI, PQ, detection P/R/F1, count CCC."""
     from pointcell.evaluate import evaluate as run_evaluation
     from pointcell.evaluate import write_report
 
-    report = run_evaluation(pred, gt, radius_um=radius_um, mpp=mpp)
-    json_path = out or pred / "evaluation.json"
+    json_path = check_output_file(out or pred / "evaluation.json")
+    report = run_evaluation(pred, gt, radius_um=radius_um, mpp=mpp, allow_missing=allow_missing)
+    if report.aggregate["n_gt_without_prediction"]:
+        click.secho(
+            f"partial: {report.aggregate['n_gt_without_prediction']} ground-truth image(s) "
+            "had no prediction and are not in the aggregate",
+            fg="yellow",
+            err=True,
+        )
     write_report(report, json_path, json_path.with_suffix(".csv"))
     keys = ["accuracy", "f1", "dice", "aji", "pq", "det_precision", "det_recall", "det_f1"]
     shown = [k for k in keys if k in report.aggregate]
@@ -788,7 +890,7 @@ def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Pat
 @_mpp_option
 @click.option(
     "--threshold",
-    type=click.FloatRange(min=0),
+    type=_FiniteFloatRange(min=0),
     help="Nuclear optical density threshold (default: Otsu per image).",
 )
 @click.option(
@@ -800,7 +902,7 @@ def evaluate(pred: Path, gt: Path, radius_um: float, mpp: float | None, out: Pat
 )
 @click.option(
     "--dab-threshold",
-    type=click.FloatRange(min=0),
+    type=_FiniteFloatRange(min=0),
     help="IHC: call a nucleus positive above this mean DAB optical density.",
 )
 @click.option("--overlay/--no-overlay", default=True, show_default=True)
@@ -830,6 +932,7 @@ def baseline(
     "--out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_writable_file,
     help="Model file to write (.pt).",
 )
 @click.option(
@@ -870,6 +973,7 @@ def export(model_path: str, out: Path, half: bool) -> None:
     "--out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_writable_file,
     help="Model file to write (.pt): the same weights with the tuned settings.",
 )
 @_radius_option
@@ -930,6 +1034,7 @@ def tune(
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
+    callback=_writable_folder,
     default=Path("pointcell-demo"),
     show_default=True,
     help="Output folder.",
@@ -958,4 +1063,4 @@ def demo(out: Path, steps: int) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

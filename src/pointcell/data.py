@@ -161,7 +161,7 @@ def prepare_image(
 ) -> PreparedImage:
     """Read, resample and encode one image, using the on-disk cache when it is up to date."""
     image = read_image(pair.image)
-    pixel_size = resolve_mpp(image, mpp)
+    pixel_size = resolve_mpp(image, mpp, working_mpp=working_mpp)
     cached = None
     if cache_dir is not None:
         key = cache_key(pair, mpp=pixel_size, working_mpp=working_mpp, params=params, clip=clip)

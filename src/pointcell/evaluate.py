@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pointcell.checks import check_positive
 from pointcell.data import point_class_names
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.atomic import atomic_output
@@ -101,7 +102,7 @@ def _pixel_size(pred_dir: Path, stem: str, mpp: float | None) -> float:
         return mpp
     summary = pred_dir / SUMMARY_FILE
     if summary.is_file():
-        images = json.loads(summary.read_text()).get("images", {})
+        images = _read_summary(summary).get("images", {})
         if stem in images:
             return float(images[stem]["mpp"])
     raise PointcellInputError(
@@ -122,19 +123,31 @@ def _predicted_points(
     return centres, np.full(len(centres), "")
 
 
-def _match_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]]:
+class _Pairs(NamedTuple):
+    """Predictions paired with their ground truth, and the truths that have no prediction."""
+
+    matched: list[tuple[str, Path, Path]]
+    unpredicted: list[str]
+
+
+def _match_files(pred_dir: Path, gt_dir: Path) -> _Pairs:
     if not pred_dir.is_dir():
         raise PointcellInputError(f"{pred_dir}: predictions folder not found")
     if not gt_dir.is_dir():
         raise PointcellInputError(f"{gt_dir}: ground-truth folder not found")
-    predictions = {p.stem: p for p in pred_dir.glob("*.tif")}
+    predictions = _prediction_files(pred_dir)
     truths: dict[str, Path] = {}
+    unpredicted = set()
     for path in sorted(gt_dir.iterdir()):
-        if path.suffix.lower() in GT_SUFFIXES and path.stem in predictions:
-            if path.stem in truths:
-                raise PointcellInputError(
-                    f"two ground-truth files for {path.stem}: {truths[path.stem]}, {path}"
-                )
+        if path.suffix.lower() not in GT_SUFFIXES:
+            continue
+        if path.stem not in predictions:
+            unpredicted.add(path.stem)
+        elif path.stem in truths:
+            raise PointcellInputError(
+                f"two ground-truth files for {path.stem}: {truths[path.stem]}, {path}"
+            )
+        else:
             truths[path.stem] = path
     if not truths:
         raise PointcellInputError(
@@ -143,7 +156,53 @@ def _match_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]]:
     missing = sorted(set(predictions) - set(truths))
     if missing:
         raise PointcellInputError(f"no ground truth for prediction(s): {', '.join(missing)}")
-    return [(stem, predictions[stem], truths[stem]) for stem in sorted(truths)]
+    matched = [(stem, predictions[stem], truths[stem]) for stem in sorted(truths)]
+    return _Pairs(matched, sorted(unpredicted))
+
+
+def _prediction_files(pred_dir: Path) -> dict[str, Path]:
+    """``<stem>.tif`` instance labels by stem, without the ``<stem>_probability.tif`` maps
+    that ``predict --save-probability`` writes beside them."""
+    tiffs = {p.stem: p for p in pred_dir.glob("*.tif")}
+    suffix = "_probability"
+    return {
+        stem: path
+        for stem, path in tiffs.items()
+        if not (stem.endswith(suffix) and stem.removesuffix(suffix) in tiffs)
+    }
+
+
+def _check_complete(pred_dir: Path, pairs: _Pairs, allow_missing: bool) -> None:
+    """Refuse an aggregate over a partial folder: an interrupted ``predict`` run, or ground
+    truth with no prediction, unless ``allow_missing``."""
+    if allow_missing:
+        return
+    summary = pred_dir / SUMMARY_FILE
+    record = _read_summary(summary) if summary.is_file() else {}
+    if record.get("complete") is False:
+        done, expected = len(record.get("images", {})), len(record.get("expected", []))
+        raise PointcellInputError(
+            f"{pred_dir}: the predict run that wrote it did not finish ({done} of {expected} "
+            "images): run it again, or pass --allow-missing to score the finished ones"
+        )
+    if pairs.unpredicted:
+        listed = ", ".join(pairs.unpredicted[:5]) + (" ..." if len(pairs.unpredicted) > 5 else "")
+        raise PointcellInputError(
+            f"{len(pairs.unpredicted)} ground-truth image(s) have no prediction in {pred_dir} "
+            f"({listed}): the aggregate would cover {len(pairs.matched)} of "
+            f"{len(pairs.matched) + len(pairs.unpredicted)} images; pass --allow-missing to "
+            "score the predicted ones only"
+        )
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PointcellInputError(f"{path}: unreadable ({exc}); run predict again") from exc
+    if not isinstance(record, dict):
+        raise PointcellInputError(f"{path}: not a predictions record; run predict again")
+    return record
 
 
 class _TypedImage(NamedTuple):
@@ -163,16 +222,24 @@ def evaluate(
     *,
     radius_um: float = DEFAULT_RADIUS_UM,
     mpp: float | None = None,
+    allow_missing: bool = False,
 ) -> EvaluationReport:
-    """Score every prediction in ``pred_dir`` against the file of the same stem in ``gt_dir``."""
+    """Score every prediction in ``pred_dir`` against the file of the same stem in ``gt_dir``.
+
+    A folder that an interrupted ``predict`` left, or ground truth of images that were not
+    predicted, is an error unless ``allow_missing``; the report then counts what was missing
+    (``n_gt_without_prediction``)."""
+    check_positive("the matching radius", radius_um)
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    pairs = _match_files(pred_dir, gt_dir)
+    _check_complete(pred_dir, pairs, allow_missing)
     report = EvaluationReport()
     pooled = DetectionScores(0, 0, 0)
     pooled_errors = DetectionErrors(0, 0, 0, 0, 0)
     counts_true, counts_pred = [], []
     offsets = []  # true - predicted centre of every matched pair, in pixels
     typed: dict[str, _TypedImage] = {}
-    for stem, pred_path, gt_path in _match_files(pred_dir, gt_dir):
+    for stem, pred_path, gt_path in pairs.matched:
         labels = read_label_image(pred_path)
         truth = read_ground_truth(gt_path, labels.shape)
         pixel_size = _pixel_size(pred_dir, stem, mpp)
@@ -204,6 +271,7 @@ def evaluate(
     report.aggregate.update({f"det_{k}": v for k, v in pooled.to_dict().items()})
     report.aggregate.update({f"det_{k}": v for k, v in pooled_errors.to_dict().items()})
     report.aggregate["n_images"] = len(report.per_image)
+    report.aggregate["n_gt_without_prediction"] = len(pairs.unpredicted)
     _check_offset(report, np.concatenate(offsets))
     report.aggregate["radius_um"] = radius_um
     if len(counts_true) >= 2:

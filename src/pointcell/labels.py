@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pointcell.encodings import IGNORE, NUCLEUS, EncodingParams, encode
+from pointcell.errors import PointcellInputError
 from pointcell.io.images import (
     read_image,
     resolve_mpp,
@@ -52,6 +53,8 @@ def write_labels(
     """
     out = Path(out)
     pairs = pair_images_with_points(images, points)
+    if not pairs:
+        raise PointcellInputError(f"no image with a points file in {images}: nothing to encode")
     summaries = []
     for pair in tqdm(pairs, desc="encoding", unit="image", disable=not progress):
         image = read_image(pair.image)

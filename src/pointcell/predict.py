@@ -171,11 +171,20 @@ def write_summary(
     """``predictions.json``: what produced the folder, and per-image pixel sizes and timings;
     images predicted earlier into the same folder are kept."""
     path = out / SUMMARY_FILE
-    images = json.loads(path.read_text())["images"] if path.is_file() else {}
+    images = _previous_images(path)
     images.update({s.stem: asdict(s) for s in summaries})
-    record = {"model": source, "settings": settings, "images": images}
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    _write_record(out, {"model": source, "settings": settings, "complete": True, "images": images})
+
+
+def _previous_images(path: Path) -> dict[str, object]:
+    """The images an earlier run recorded in ``path``; none when it is missing or unreadable
+    (it is rewritten whole)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    images = record.get("images") if isinstance(record, dict) else None
+    return images if isinstance(images, dict) else {}
 
 
 def _cells_in_roi(cells: Cells, roi: BaseGeometry, path: Path, shape: tuple[int, ...]) -> Cells:
@@ -205,7 +214,7 @@ def adapted_to_images(
     def images() -> Iterator[tuple[np.ndarray, float]]:
         for path in paths:
             loaded = read_image(path)
-            yield loaded.pixels, resolve_mpp(loaded, mpp)
+            yield loaded.pixels, resolve_mpp(loaded, mpp, working_mpp=predictor.working_mpp)
 
     return adapt_batchnorm(predictor, images(), tile=tile, progress=progress)
 
@@ -235,10 +244,19 @@ def predict_images(
     out = Path(out)
     params = params or predictor.postprocess
     paths = list_images(images)
-    summaries = []
+    summaries: list[PredictionSummary] = []
+    record = {
+        "model": predictor.source,
+        "postprocess": params.to_dict(),
+        "tta": tta,
+        "complete": False,  # until the last image is written: evaluate refuses a partial run
+        "expected": [slide_stem(p) for p in paths],
+        "images": {},
+    }
+    _write_record(out, record)
     for path in tqdm(paths, desc="predicting", unit="image", disable=not progress):
         loaded = read_image(path)
-        pixel_size = resolve_mpp(loaded, mpp)
+        pixel_size = resolve_mpp(loaded, mpp, working_mpp=predictor.working_mpp)
         start = time.perf_counter()
         maps = predict_image_maps(
             predictor,
@@ -280,12 +298,12 @@ def predict_images(
                 roi_area_um2=None if roi is None else roi.area * pixel_size**2,
             )
         )
-    record = {
-        "model": predictor.source,
-        "postprocess": params.to_dict(),
-        "tta": tta,
-        "images": {s.stem: asdict(s) for s in summaries},
-    }
+        record["images"] = {s.stem: asdict(s) for s in summaries}
+        _write_record(out, record)
+    _write_record(out, {**record, "complete": True})
+    return summaries
+
+
+def _write_record(out: Path, record: dict[str, object]) -> None:
     with atomic_output(out / SUMMARY_FILE) as tmp:
         tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return summaries

@@ -285,15 +285,35 @@ def prepare_dataset(
     return {img.stem: img for img in prepared}
 
 
+def _split_lists(split: object) -> dict[str, list[str]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` of stems, checked, from a split file."""
+    if not isinstance(split, dict) or not set(split) <= {"train", "val", "test"}:
+        raise PointcellInputError(
+            'the split must be a JSON object with "train", "val" and "test" lists of image stems'
+        )
+    lists = {k: split.get(k, []) for k in ("train", "val", "test")}
+    for key, stems in lists.items():
+        if not isinstance(stems, list) or not all(isinstance(s, str) for s in stems):
+            raise PointcellInputError(f'the split\'s "{key}" must be a list of image stems')
+    return {k: list(v) for k, v in lists.items()}
+
+
 def resolve_split(config: TrainConfig, stems: list[str]) -> dict[str, list[str]]:
     if config.split is None:
         return split_stems(stems, fractions=config.split_fractions, seed=config.seed)
-    split = {k: list(config.split.get(k, [])) for k in ("train", "val", "test")}
+    split = _split_lists(config.split)
     unknown = sorted(set(sum(split.values(), [])) - set(stems))
     if unknown:
         raise PointcellInputError(f"split names image(s) without points: {', '.join(unknown)}")
     if not split["train"]:
         raise PointcellInputError("the split has no training image")
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted(set(split[first]) & set(split[second]))
+        if shared:
+            raise PointcellInputError(
+                f"the split puts image(s) in both {first} and {second}: {', '.join(shared)} "
+                "(a model chosen or scored on its training images looks better than it is)"
+            )
     return split
 
 

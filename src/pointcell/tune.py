@@ -160,10 +160,15 @@ def predict_clicked(
     mpp = mpp if mpp is not None else held_out.mpp
     for pair in tqdm(pairs, desc="predicting", unit="image", disable=not progress):
         loaded = read_image(pair.image)
-        pixel_size = resolve_mpp(loaded, mpp)
+        pixel_size = resolve_mpp(loaded, mpp, working_mpp=predictor.working_mpp)
         truth = read_ground_truth(pair.points, loaded.pixels.shape[:2])
         maps = predict_image_maps(predictor, loaded.pixels, mpp=pixel_size, tta=tta)
         items.append(ClickedMaps(pair.stem, maps, truth.points_xy, pixel_size))
+    if not sum(len(item.clicks_xy) for item in items):
+        raise PointcellInputError(
+            f"no clicks in the {len(items)} held-out image(s) of {held_out.points}: "
+            "there is nothing to tune the detection threshold on"
+        )
     return items
 
 

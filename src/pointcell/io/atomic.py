@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,14 +24,29 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    with _LIVE_LOCK:
+        _LIVE.add(tmp)
     try:
         yield tmp
         if tmp.is_file():  # mkstemp makes the file private; give it the usual permissions
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, final)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with _LIVE_LOCK:
+            _LIVE.discard(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def remove_live_temporaries() -> int:
+    """Delete the temporary files of writes still in progress, in every thread; return how
+    many. For a process that stops on a signal: the main thread's ``finally`` blocks run, but
+    writer threads may be mid-file when it exits."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+        _LIVE.clear()
+    for tmp in live:
+        tmp.unlink(missing_ok=True)
+    return len(live)
 
 
 def _read_umask() -> int:
@@ -39,4 +55,6 @@ def _read_umask() -> int:
     return current
 
 
+_LIVE: set[Path] = set()  # temporaries of the writes in progress, for remove_live_temporaries
+_LIVE_LOCK = threading.Lock()
 _UMASK = _read_umask()  # read once: os.umask is process-wide and writers run in threads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,25 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`, or raise a clear error."""
+    """Load a checkpoint written by :func:`save_checkpoint`, or raise a clear error.
+
+    Only tensors, numbers, strings and containers of them are unpickled (``weights_only``):
+    a file that names any other Python object is refused before any of it runs, since model
+    files are shared like images and opening one must be as safe."""
     path = Path(path)
     if not path.is_file():
         raise PointcellInputError(f"{path}: checkpoint not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        refused = _refused_global(exc)
+        if refused is not None:
+            raise PointcellInputError(
+                f"{path}: refused: the file asks for {refused}, which a pointcell checkpoint "
+                "never holds (only tensors, numbers and strings); nothing in it was run"
+            ) from exc
         raise PointcellInputError(
-            f"{path}: checkpoint is corrupt or truncated ({exc}); "
+            f"{path}: checkpoint is corrupt or truncated ({_first_line(exc)}); "
             "if a run was interrupted while saving, its other checkpoint (best.pt) is intact"
         ) from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
@@ -45,3 +56,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "wrote it"
         )
     return data
+
+
+def _refused_global(exc: BaseException) -> str | None:
+    """The Python object a refused file asked for (``GLOBAL posix.system``), or None when the
+    file is merely unreadable."""
+    found = re.search(r"GLOBAL [\w.]+", str(exc))
+    return found.group(0) if found else None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative line of torch's error, without its advice to turn the safety off."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [
+        line for line in lines if not line.startswith(("Weights only", "Please file", "Check"))
+    ]
+    return (useful or lines or [type(exc).__name__])[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from pointcell.errors import PointcellInputError
+from pointcell.checks import check_mpp, check_resampled_size
+from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.atomic import atomic_output
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -110,6 +112,13 @@ def to_rgb8(raw: np.ndarray, *, source: str | os.PathLike[str] = "<array>") -> n
     arr = _scale_to_unit(arr, source)
     if arr.shape[-1] in (2, 4):  # composite alpha onto white
         alpha = arr[..., -1:]
+        if not alpha.any():
+            warnings.warn(
+                f"{source}: the image has no visible pixels (its alpha channel is 0 "
+                "everywhere), so it reads as blank white: no cell can be found in it",
+                PointcellWarning,
+                stacklevel=2,
+            )
         arr = arr[..., :-1] * alpha + (1.0 - alpha)
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
@@ -179,15 +188,21 @@ def write_label_tiff(path: str | os.PathLike[str], labels: np.ndarray) -> None:
         tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")
 
 
-def resolve_mpp(image: LoadedImage, override: float | None) -> float:
-    """Pixel size to use: an explicit value wins, else the file's metadata, else an error."""
+def resolve_mpp(
+    image: LoadedImage, override: float | None, *, working_mpp: float | None = None
+) -> float:
+    """Pixel size to use: an explicit value wins, else the file's metadata, else an error;
+    either must be plausible (:func:`pointcell.checks.check_mpp`). With ``working_mpp``, the
+    image resampled to it must also fit in memory (checked before anything is allocated)."""
     if override is not None:
-        if override <= 0:
-            raise PointcellInputError(f"pixel size must be positive, got {override}")
-        return float(override)
-    if image.mpp is None:
+        mpp = check_mpp(override, "--mpp")
+    elif image.mpp is None:
         raise PointcellInputError(
             f"{image.path}: the file does not record its pixel size; pass --mpp "
             "(micrometres per pixel, e.g. 0.25 for 40x or 0.5 for 20x scans)"
         )
-    return image.mpp
+    else:
+        mpp = check_mpp(image.mpp, f"the metadata of {image.path}")
+    if working_mpp is not None:
+        check_resampled_size(image.pixels.shape[:2], mpp, working_mpp, str(image.path))
+    return mpp

@@ -267,8 +267,7 @@ def _check_inside(points: Points, shape: tuple[int, int], *, clip: bool, source:
         return points
     if clip:
         warnings.warn(
-            f"{source}: dropped {int(outside.sum())} point(s) outside the "
-            f"{cols}x{rows} image (--clip)",
+            f"{source}: dropped {int(outside.sum())} point(s) outside the {cols}x{rows} image",
             PointcellWarning,
             stacklevel=3,
         )

@@ -19,6 +19,7 @@ import numpy as np
 import tifffile
 from skimage.transform import downscale_local_mean
 
+from pointcell.checks import check_mpp
 from pointcell.errors import PointcellInputError
 from pointcell.io.images import tiff_mpp, to_rgb8
 
@@ -137,15 +138,19 @@ def open_slide(
         reader = "openslide" if path.suffix.lower() in OPENSLIDE_SUFFIXES else "tiffslide"
     handle = _open_handle(path, reader)
     try:
-        found = mpp if mpp is not None else _slide_mpp(path, handle)
-        if found is None or not np.isfinite(found) or found <= 0:
-            raise PointcellInputError(
-                f"{path}: the slide does not record its pixel size; pass --mpp (µm per pixel)"
-            )
+        if mpp is not None:
+            found = check_mpp(mpp, "--mpp")
+        else:
+            recorded = _slide_mpp(path, handle)
+            if recorded is None:
+                raise PointcellInputError(
+                    f"{path}: the slide does not record its pixel size; pass --mpp (µm per pixel)"
+                )
+            found = check_mpp(recorded, f"the metadata of {path}")
         return Slide(
             path=path,
             handle=handle,
-            mpp=float(found),
+            mpp=found,
             level_dimensions=tuple((int(w), int(h)) for w, h in handle.level_dimensions),
             level_downsamples=tuple(float(d) for d in handle.level_downsamples),
         )
