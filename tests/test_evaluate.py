@@ -127,3 +127,14 @@ def test_unshifted_points_raise_no_warning(perfect, sample):
         warnings.simplefilter("error", PointcellWarning)
         report = evaluate(perfect, sample / "masks", mpp=0.25)
     assert report.aggregate["det_offset_x_px"] == pytest.approx(0.0, abs=0.01)
+
+
+def test_ground_truth_without_prediction_is_refused_or_counted(perfect, sample):
+    first = sorted(perfect.glob("*.tif"))[0]
+    first.unlink()
+    (perfect / f"{first.stem}.csv").unlink()
+    with pytest.raises(PointcellInputError, match="1 ground-truth image"):
+        evaluate(perfect, sample / "masks", mpp=0.25)
+    report = evaluate(perfect, sample / "masks", mpp=0.25, allow_missing=True)
+    assert report.aggregate["n_gt_without_prediction"] == 1
+    assert report.aggregate["n_images"] == 1 and first.stem not in report.per_image

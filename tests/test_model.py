@@ -50,7 +50,7 @@ def test_bad_weight_files_give_clear_errors(tmp_path):
     with pytest.raises(PointcellInputError, match="not found"):
         load_encoder_weights(net, tmp_path / "none.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(PointcellInputError, match="not a readable PyTorch weights file"):
+    with pytest.raises(PointcellInputError, match="weights file is corrupt or truncated"):
         load_encoder_weights(net, tmp_path / "junk.pth")
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
     with pytest.raises(PointcellInputError, match="do not fit"):

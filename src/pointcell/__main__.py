@@ -15,7 +15,7 @@ def run() -> None:
         from pointcell.cli import main
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        sys.exit(130)  # 128 + SIGINT, as pointcell.cli.EXIT_INTERRUPTED
     main()
 
 

@@ -23,10 +23,10 @@ def check_mpp(value: float, source: str) -> float:
     """``value`` as a pixel size in µm/px, or an error naming where it came from."""
     low, high = MPP_RANGE
     if not math.isfinite(value) or not low <= value <= high:
+        remedy = "" if source == "--mpp" else ", or pass --mpp to override the file's metadata"
         raise PointcellInputError(
             f"pixel size {value:g} µm/px from {source} is not plausible (expected "
-            f"{low:g}-{high:g}; 0.25 for 40x, 0.5 for 20x scans): check the value, or pass "
-            "--mpp to override the file's metadata"
+            f"{low:g}-{high:g}; 0.25 for 40x, 0.5 for 20x scans): check the value{remedy}"
         )
     return float(value)
 

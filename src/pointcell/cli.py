@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pointcell import __version__
-from pointcell.checks import check_output_dir, check_output_file
+from pointcell.checks import check_mpp, check_output_dir, check_output_file
 from pointcell.encodings import ClusteringMode, EncodingParams, UnclickedMode
 from pointcell.errors import PointcellInputError
 from pointcell.io.atomic import remove_live_temporaries
@@ -130,11 +130,21 @@ def _read_json(path: Path, what: str) -> Any:
         raise PointcellInputError(f"{path}: cannot read the {what} as JSON ({exc})") from exc
 
 
+def _plausible_mpp(ctx: click.Context, param: click.Parameter, value: float | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return check_mpp(value, "--mpp")
+    except PointcellInputError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
 def _mpp_option(function):  # noqa: ANN001, ANN202
     return click.option(
         "--mpp",
         type=_FiniteFloatRange(min=0, min_open=True),
         default=None,
+        callback=_plausible_mpp,
         help="Pixel size in µm/px; overrides the file's metadata (required when it has none).",
     )(function)
 
@@ -320,12 +330,17 @@ def _parse_classes(text: str) -> tuple[str, ...] | None:
     help="Training length in epochs (one patch per patch-sized area of training "
     "images); instead of --steps.",
 )
-@click.option("--encoder", help="Any segmentation-models-pytorch encoder, e.g. resnet50.")
+@click.option(
+    "--encoder",
+    help="Any segmentation-models-pytorch encoder (resnet50) or tu-<timm model> "
+    "(tu-tf_efficientnet_lite0).",
+)
 @click.option(
     "--encoder-weights",
     default="none",
     show_default=True,
-    help="'imagenet' (download), 'none', or a local weights file.",
+    help="'imagenet' (offline from pointcell[imagenet] for tu-tf_efficientnet_lite0/1/2, "
+    "else a download), 'none', or a local weights file.",
 )
 @click.option(
     "--tasks",

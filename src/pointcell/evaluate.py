@@ -182,8 +182,8 @@ def _check_complete(pred_dir: Path, pairs: _Pairs, allow_missing: bool) -> None:
     if record.get("complete") is False:
         done, expected = len(record.get("images", {})), len(record.get("expected", []))
         raise PointcellInputError(
-            f"{pred_dir}: the predict run that wrote it did not finish ({done} of {expected} "
-            "images): run it again, or pass --allow-missing to score the finished ones"
+            f"{pred_dir}: the predict run that wrote it was interrupted ({done} of {expected} "
+            "images done): run it again, or pass --allow-missing to score the finished ones"
         )
     if pairs.unpredicted:
         listed = ", ".join(pairs.unpredicted[:5]) + (" ..." if len(pairs.unpredicted) > 5 else "")

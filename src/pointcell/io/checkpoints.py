@@ -34,19 +34,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise PointcellInputError(f"{path}: checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
-        refused = _refused_global(exc)
-        if refused is not None:
-            raise PointcellInputError(
-                f"{path}: refused: the file asks for {refused}, which a pointcell checkpoint "
-                "never holds (only tensors, numbers and strings); nothing in it was run"
-            ) from exc
-        raise PointcellInputError(
-            f"{path}: checkpoint is corrupt or truncated ({_first_line(exc)}); "
-            "if a run was interrupted while saving, its other checkpoint (best.pt) is intact"
-        ) from exc
+    data = load_tensors(
+        path,
+        "checkpoint",
+        "if a run was interrupted while saving, its other checkpoint (best.pt) is intact",
+    )
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise PointcellInputError(f"{path}: not a pointcell checkpoint")
     if data.get("format_version") != CHECKPOINT_VERSION:
@@ -56,6 +48,24 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "wrote it"
         )
     return data
+
+
+def load_tensors(path: Path, what: str, advice: str = "") -> Any:
+    """``torch.load`` restricted to tensors, numbers, strings and containers of them; a file
+    that asks for any other Python object is refused with one line before any of it runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        refused = _refused_global(exc)
+        if refused is not None:
+            raise PointcellInputError(
+                f"{path}: refused: the file asks for {refused}, which a pointcell {what} "
+                "never holds (only tensors, numbers and strings); nothing in it was run"
+            ) from exc
+        raise PointcellInputError(
+            f"{path}: {what} is corrupt or truncated ({_first_line(exc)})"
+            + (f"; {advice}" if advice else "")
+        ) from exc
 
 
 def _refused_global(exc: BaseException) -> str | None:
