@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, RESULTS, SHARED, provenance, write_result  # noqa: E402
-from pointcell.baseline import WatershedParams, hematoxylin_watershed, mean_dab, tune_dab_threshold  # noqa: E402
+from pointcell.floor import WatershedParams, hematoxylin_watershed, mean_dab, tune_dab_threshold  # noqa: E402
 from pointcell.inference import resolve_checkpoint  # noqa: E402
 from pointcell.io.checkpoints import load_checkpoint  # noqa: E402
 from pointcell.io.images import read_image  # noqa: E402

@@ -39,8 +39,8 @@ from classes import (  # noqa: E402
     train,
     trained_steps,
 )
-from pointcell.baseline import hematoxylin, hematoxylin_watershed, nuclear_density  # noqa: E402
 from pointcell.data import hed_densities, hed_jitter, rgb_from_hed_densities  # noqa: E402
+from pointcell.floor import hematoxylin, hematoxylin_watershed, nuclear_density  # noqa: E402
 from pointcell.io.images import read_image, write_rgb_png  # noqa: E402
 from pointcell.io.points import read_points, write_points_csv  # noqa: E402
 

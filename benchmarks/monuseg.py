@@ -49,6 +49,16 @@ VARIANTS: dict[str, tuple[list[str] | None, list[str], str]] = {
         ["--instances", "watershed"],
         "4. pointcell: paper model + watershed instances seeded by the detections",
     ),
+    "lite0-random": (
+        ["--encoder", "tu-tf_efficientnet_lite0", "--encoder-weights", "none"],
+        ["--instances", "watershed"],
+        "5a. as 4 with an EfficientNet-Lite0 encoder from random weights",
+    ),
+    "lite0-imagenet": (
+        ["--encoder", "tu-tf_efficientnet_lite0", "--encoder-weights", "imagenet"],
+        ["--instances", "watershed"],
+        "5b. as 4 with an EfficientNet-Lite0 encoder from ImageNet (offline weights package)",
+    ),
 }
 COLUMNS = [
     ("accuracy", "ACC"),
@@ -84,13 +94,18 @@ def test_folders(root: Path, split: dict) -> tuple[Path, Path]:
     return images, masks
 
 
-def run_dir_for(name: str, preset: str, runs: Path) -> Path:
+def budget_tag(args: argparse.Namespace) -> str:
+    """``cpu``, or ``cpu-900steps`` when the preset's length is overridden."""
+    return args.preset + (f"-{args.steps}steps" if args.steps else "")
+
+
+def run_dir_for(name: str, args: argparse.Namespace) -> Path:
     # the best variant reuses the paper's model: only post-processing differs
-    return runs / f"monuseg-{'paper' if name == 'best' else name}-{preset}"
+    return args.runs / f"monuseg-{'paper' if name == 'best' else name}-{budget_tag(args)}"
 
 
 def train(name: str, options: list[str], args: argparse.Namespace, root: Path) -> Path:
-    run_dir = run_dir_for(name, args.preset, args.runs)
+    run_dir = run_dir_for(name, args)
     cli = [sys.executable, "-m", "pointcell.cli"]
     if (run_dir / "last.pt").is_file():
         state = load_checkpoint(run_dir / "last.pt")
@@ -149,11 +164,11 @@ def training_time(run_dir: Path) -> float:
     return float(load_checkpoint(run_dir / "last.pt")["elapsed_s"])
 
 
-def learning_curve(run_dir: Path, name: str, images: Path, masks: Path) -> list[dict]:
+def learning_curve(run_dir: Path, name: str, work: Path, images: Path, masks: Path) -> list[dict]:
     """Test AJI and detection F1 of every kept snapshot, against training time."""
     rows = []
     for snapshot in sorted((run_dir / "snapshots").glob("step-*.pt")):
-        out = WORK / "curves" / name / snapshot.stem
+        out = work / "curves" / name / snapshot.stem
         if not (out / "evaluation.json").is_file():
             scores = predict_and_score(snapshot, VARIANTS[name][1], out, images, masks)
         else:
@@ -185,14 +200,16 @@ def main() -> None:
         options, predict_options, _ = VARIANTS[name]
         started = time.perf_counter()
         model = None if options is None else train(name, options, args, root)
-        scores = predict_and_score(model, predict_options, WORK / "pred" / name, images, masks)
+        scores = predict_and_score(
+            model, predict_options, WORK / budget_tag(args) / "pred" / name, images, masks
+        )
         results[name] = scores
         timings[name] = (
             time.perf_counter() - started,
             None if model is None else training_time(model),
         )
     curves = {
-        name: learning_curve(run_dir_for(name, args.preset, args.runs), name, images, masks)
+        name: learning_curve(run_dir_for(name, args), name, WORK / budget_tag(args), images, masks)
         for name in args.curves
         if name in args.variants
     }
@@ -202,7 +219,7 @@ def main() -> None:
 def write_report(args: argparse.Namespace, results: dict, timings: dict, curves: dict) -> None:
     steps = args.steps or {"cpu": 3000, "paper": 60900}[args.preset]
     lines = [
-        f"# MoNuSeg reproduction ({args.preset} preset)",
+        f"# MoNuSeg reproduction ({args.preset} preset, {steps} steps)",
         "",
         f"Command: `python benchmarks/monuseg.py --preset {args.preset}"
         f"{f' --steps {args.steps}' if args.steps else ''}`; {provenance()}.",
@@ -249,8 +266,8 @@ def write_report(args: argparse.Namespace, results: dict, timings: dict, curves:
             )
     text = "\n".join(lines) + "\n"
     print(text)
-    write_result(f"monuseg-{args.preset}.md", text)
-    (REPO / "benchmarks" / "results" / f"monuseg-{args.preset}.json").write_text(
+    write_result(f"monuseg-{budget_tag(args)}.md", text)
+    (REPO / "benchmarks" / "results" / f"monuseg-{budget_tag(args)}.json").write_text(
         json.dumps({"results": results, "timings": timings, "curves": curves}, indent=2)
     )
 

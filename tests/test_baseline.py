@@ -3,14 +3,14 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_disks
-from pointcell.baseline import (
+from pointcell.cli import main
+from pointcell.floor import (
     IHC_CLASSES,
     WatershedParams,
     hematoxylin,
     hematoxylin_watershed,
     tune_dab_threshold,
 )
-from pointcell.cli import main
 from pointcell.metrics import aggregated_jaccard, detection_scores
 
 

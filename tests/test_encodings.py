@@ -13,9 +13,11 @@ from pointcell.encodings import (
     encode,
     nearest_points,
     repel_code,
+    single_click_nuclei,
     unclicked_nuclei,
     voronoi_label,
 )
+from pointcell.floor import hematoxylin_watershed
 
 
 def test_voronoi_line_lies_exactly_between_two_points():
@@ -248,3 +250,34 @@ def test_encode_rejects_bad_arguments(disks):
         encode(disks.image, disks.centres_xy, mpp=0)
     with pytest.raises(ValueError, match="clustering"):
         EncodingParams(clustering="kmeans")
+
+
+def test_single_click_nuclei_keeps_objects_around_one_click_within_its_voronoi_cell():
+    nuclei = np.zeros((10, 30), np.int32)
+    nuclei[2:6, 1:5] = 1  # holds click A only
+    nuclei[2:6, 10:19] = 2  # holds clicks B and C: a merge, not a label
+    nuclei[7:9, 25:29] = 3  # no click
+    nuclei[2:6, 21:25] = 4  # holds click D (x=21), but col 24 is nearer to E (x=26)
+    points = np.array([[2.0, 4.0], [11.0, 4.0], [16.0, 4.0], [21.0, 4.0], [26.0, 4.0]])
+    kept = single_click_nuclei(nuclei, points, nearest_points(points, nuclei.shape))
+    expected = nuclei == 1
+    expected[2:6, 21:24] = True
+    assert (kept == expected).all()
+
+
+def test_fused_labels_add_the_floor_nuclei_around_one_click(disks):
+    points = np.vstack([disks.centres_xy, [[49.0, 48.0]]])  # two clicks on the centre disk
+    plain = cluster_label(disks.image, points, mpp=disks.mpp, params=EncodingParams())
+    fused = cluster_label(
+        disks.image, points, mpp=disks.mpp, params=EncodingParams(fuse_floor="he")
+    )
+    near = nearest_points(points, plain.shape)
+    floor = hematoxylin_watershed(disks.image, mpp=disks.mpp).labels
+    edges = voronoi_label(points, plain.shape, mpp=disks.mpp, near=near) == BACKGROUND
+    added = single_click_nuclei(floor, points, near) & ~edges
+    assert added.sum() > 4 * 100  # four disks of ~113 px
+    assert (fused[added] == NUCLEUS).all()
+    assert (fused[~added] == plain[~added]).all()  # the rest, and the twice-clicked disk, kept
+    assert not added[disks.truth == 5].any()
+    with pytest.raises(ValueError, match="fuse_floor must be"):
+        EncodingParams(fuse_floor="yes")

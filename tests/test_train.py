@@ -28,6 +28,7 @@ from pointcell.train import (
     fit,
     learning_rate,
     preset_config,
+    resolve_split,
 )
 
 SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16))
@@ -420,3 +421,27 @@ def test_fine_tuning_a_detector_into_one_with_a_detection_head(disk_dataset, tmp
         load_checkpoint(tmp_path / "head" / "last.pt")["model"], build_model(SMALL).state_dict()
     )
     assert not any(k.startswith("proximity") for k in back)  # and can be dropped again
+
+
+def test_split_files_take_comments_and_test_groups_and_refuse_the_rest():
+    config = TrainConfig(
+        images="i",
+        points="p",
+        steps=1,
+        split={"_source": "Kumar", "train": ["a", "b"], "val": ["c"], "test_same_organ": ["d"]},
+    )
+    assert resolve_split(config, ["a", "b", "c", "d"]) == {
+        "train": ["a", "b"],
+        "val": ["c"],
+        "test": ["d"],
+    }
+    for bad, words in (
+        ({"train": ["a"], "validation": ["c"]}, 'unknown key "validation"'),
+        ({"train": "a"}, 'the split\'s "train" must be a list'),
+        ({"train": ["a"], "test_x": ["a"]}, "both train and test: a"),
+        (["a"], "must be a JSON object"),
+    ):
+        with pytest.raises(PointcellInputError, match=words):
+            resolve_split(
+                TrainConfig(images="i", points="p", steps=1, split=bad), ["a", "b", "c", "d"]
+            )

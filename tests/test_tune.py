@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from pointcell.errors import PointcellInputError
 from pointcell.inference import load_predictor
 from pointcell.postprocess import PostprocessParams
 from pointcell.tune import (
+    DISTANCE_GRID,
     FOREGROUND_GRID,
     ClickedMaps,
     HeldOutImages,
@@ -49,11 +51,18 @@ def test_candidates_start_with_the_current_setting():
     base = PostprocessParams()
     plain = candidate_params(base, detection_head=False)
     assert plain[0] == base
-    assert sorted(p.foreground for p in plain) == sorted(FOREGROUND_GRID)
+    pairs = {(p.foreground, p.min_distance_um) for p in plain}
+    assert (
+        pairs
+        == {(t, d) for t in FOREGROUND_GRID for d in DISTANCE_GRID}
+        == {(p.foreground, p.min_distance_um) for p in plain}
+    )
+    assert len(plain) == len(pairs)
     assert all(p.min_probability == p.foreground for p in plain[1:])
-    head = candidate_params(replace(base, min_proximity=0.17), detection_head=True)
+    head = candidate_params(replace(base, min_proximity=0.17), detection_head=True, distances=[3])
     assert head[0].min_proximity == 0.17
-    assert len({p.min_proximity for p in head}) == len(head)
+    assert {p.min_distance_um for p in head} == {2.5, 3.0}  # the model's own is always tried
+    assert len({(p.min_proximity, p.min_distance_um) for p in head}) == len(head)
     assert all(p.foreground == base.foreground for p in head)
 
 
@@ -69,7 +78,8 @@ def test_a_lower_foreground_finds_faint_clicked_nuclei(small_checkpoint):
     assert best.params.foreground == best.params.min_probability == 0.35
     assert (best.scores.tp, best.scores.fp, best.scores.fn) == (4, 1, 0)
     assert best.scores.f1 == pytest.approx(8 / 9)
-    assert len(trials) == len(FOREGROUND_GRID)
+    assert best.params.min_distance_um == 2.5  # distance did not matter: the model's is kept
+    assert len(trials) == len(FOREGROUND_GRID) * len(DISTANCE_GRID)
 
 
 def test_the_current_setting_wins_a_tie(small_checkpoint):
@@ -156,8 +166,11 @@ def test_tune_command_writes_the_best_model(small_checkpoint, disk_dataset, tmp_
     assert result.exit_code == 0, result.output
     assert "foreground" in result.output and "(model's)" in result.output
     assert "on 3 image(s)" in result.output
-    best = float(result.output.split("best foreground ")[1].split()[0])
-    assert load_predictor(out, device="cpu").postprocess.foreground == pytest.approx(best)
+    found = re.search(r"best foreground ([\d.]+), min_distance_um ([\d.]+)", result.output)
+    assert found, result.output
+    tuned = load_predictor(out, device="cpu").postprocess
+    assert tuned.foreground == pytest.approx(float(found[1]))
+    assert tuned.min_distance_um == pytest.approx(float(found[2]))
     half = CliRunner().invoke(main, [*args, *data[:2]])
     assert half.exit_code == 1 and "both --images and --points" in half.output
 
@@ -172,3 +185,20 @@ def test_tune_command_defaults_to_the_runs_validation_images(
     assert "on 2 image(s)" in result.output and out.is_file()
     shipped = CliRunner().invoke(main, ["tune", "--model", "pointcell-he", "--out", str(out)])
     assert shipped.exit_code == 1 and "--images and --points" in shipped.output
+
+
+def test_the_distance_between_detections_is_tuned_too(small_checkpoint):
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    predictor.postprocess = PostprocessParams()
+    # two clicked nuclei 2.5 µm apart (5 px at 0.5 µm/px) and a lone one
+    centres = [(20, 30), (25, 30), (50, 12)]
+    probability = blob_map(centres, [0.9, 0.85, 0.9], radius=2)
+    item = ClickedMaps("a", probability[None], np.array(centres, float), 0.5)
+    spaced = {d: replace(PostprocessParams(), min_distance_um=d) for d in DISTANCE_GRID}
+    by_distance = {
+        d: score_params(predictor, [item], params, radius_um=1.5) for d, params in spaced.items()
+    }
+    assert {d: s.tp for d, s in by_distance.items()} == {2.0: 3, 2.5: 2, 3.0: 2, 3.5: 2, 4.0: 2}
+    best = tune_postprocess(predictor, [item], radius_um=1.5)[0]
+    assert best.params.min_distance_um == 2.0 and best.scores.tp == 3
+    assert best.params.foreground == 0.5  # the threshold did not matter: the model's is kept

@@ -18,7 +18,7 @@ import click
 
 from pointcell import __version__
 from pointcell.checks import check_mpp, check_output_dir, check_output_file
-from pointcell.encodings import ClusteringMode, EncodingParams, UnclickedMode
+from pointcell.encodings import ClusteringMode, EncodingParams, FloorFusion, UnclickedMode
 from pointcell.errors import PointcellInputError
 from pointcell.io.atomic import remove_live_temporaries
 
@@ -177,6 +177,14 @@ def _encoding_options(function):  # noqa: ANN001, ANN202
         "IHC score that skips stroma) or exclude (clicks are sparse: the cluster and repel "
         "losses skip them).",
     )(function)
+    function = click.option(
+        "--fuse-floor",
+        type=click.Choice(["off", "he", "ihc"]),
+        default="off",
+        show_default=True,
+        help="Fused labels: the training-free floor's nuclei (he: hematoxylin, ihc: "
+        "hematoxylin + DAB) around exactly one click join the cluster label's.",
+    )(function)
     return click.option(
         "--seed", type=int, default=0, show_default=True, help="Seed of the global k-means."
     )(function)
@@ -258,6 +266,7 @@ def labels(
     clip: bool,
     clustering: ClusteringMode,
     unclicked: UnclickedMode,
+    fuse_floor: FloorFusion,
     seed: int,
 ) -> None:
     """Encode point labels as Voronoi, cluster and repel label maps, with overlays."""
@@ -269,7 +278,9 @@ def labels(
         out,
         mpp=mpp,
         clip=clip,
-        params=EncodingParams(clustering=clustering, unclicked=unclicked, seed=seed),
+        params=EncodingParams(
+            clustering=clustering, unclicked=unclicked, fuse_floor=fuse_floor, seed=seed
+        ),
     )
     for s in summaries:
         click.echo(
@@ -465,6 +476,7 @@ def train(
     clip: bool,
     clustering: ClusteringMode,
     unclicked: UnclickedMode,
+    fuse_floor: FloorFusion,
     seed: int,
     split_file: Path | None,
     val_every: int | None,
@@ -511,7 +523,9 @@ def train(
                 "working_mpp": working_mpp,
                 "mpp": mpp,
                 "clip": clip,
-                "encoding": EncodingParams(clustering=clustering, unclicked=unclicked, seed=seed),
+                "encoding": EncodingParams(
+                    clustering=clustering, unclicked=unclicked, fuse_floor=fuse_floor, seed=seed
+                ),
                 "seed": seed,
                 "split": _read_json(split_file, "split") if split_file else None,
                 "val_every": val_every,
@@ -932,7 +946,8 @@ def baseline(
 ) -> None:
     """Training-free floor: hematoxylin (and DAB) threshold and distance watershed, as
     QuPath's cell detection and positive-cell scoring do."""
-    from pointcell.baseline import WatershedParams, segment_without_training
+    from pointcell.baseline import segment_without_training
+    from pointcell.floor import WatershedParams
 
     params = WatershedParams(threshold=threshold, stain=stain, dab_threshold=dab_threshold)
     summaries = segment_without_training(list(images), out, mpp=mpp, overlay=overlay, params=params)
@@ -994,6 +1009,14 @@ def export(model_path: str, out: Path, half: bool) -> None:
 @_radius_option
 @_mpp_option
 @click.option("--tta", is_flag=True, help="Tune on test-time augmented maps (predict with --tta).")
+@click.option(
+    "--min-distances",
+    "distances",
+    type=_FiniteFloatRange(min=0, min_open=True),
+    multiple=True,
+    help="Minimum distance between detections to try, in µm; repeat for more (default "
+    "2, 2.5, 3, 3.5 and 4; the model's own is always tried).",
+)
 @_device_options
 def tune(
     model_path: str,
@@ -1003,13 +1026,16 @@ def tune(
     radius_um: float,
     mpp: float | None,
     tta: bool,
+    distances: tuple[float, ...],
     device: str,
     precision: Precision,
 ) -> None:
-    """Choose the detection threshold that best finds the clicked cells of held-out images and
-    write a model that uses it (the network runs once per image)."""
+    """Choose the detection threshold and the minimum distance between detections that best
+    find the clicked cells of held-out images, and write a model that uses them (the network
+    runs once per image)."""
     from pointcell.inference import load_predictor
     from pointcell.tune import (
+        DISTANCE_GRID,
         HeldOutImages,
         predict_clicked,
         tune_postprocess,
@@ -1026,9 +1052,11 @@ def tune(
         raise click.UsageError("give both --images and --points, or neither (a run's validation)")
     predictor = load_predictor(model_path, device=device, precision=precision)
     items = predict_clicked(predictor, held_out, mpp=mpp, tta=tta)
-    trials = tune_postprocess(predictor, items, radius_um=radius_um)
+    trials = tune_postprocess(
+        predictor, items, radius_um=radius_um, distances=distances or DISTANCE_GRID
+    )
     knob = tuned_setting(predictor)
-    columns = [knob] if predictor.detection_head else [knob, "min_probability"]
+    columns = [knob, "min_distance_um"]
     click.echo("  ".join(f"{c:>15}" for c in columns) + "  precision  recall     F1")
     for trial in sorted(trials, key=lambda t: [getattr(t.params, c) for c in columns]):
         s = trial.scores
@@ -1040,7 +1068,8 @@ def tune(
     best = trials[0]
     write_tuned_model(model_path, out, best.params)
     click.echo(
-        f"best {knob} {getattr(best.params, knob):.2f} on {len(items)} image(s): detection F1 "
+        f"best {knob} {getattr(best.params, knob):.2f}, min_distance_um "
+        f"{best.params.min_distance_um:.2f} on {len(items)} image(s): detection F1 "
         f"{best.scores.f1:.3f}; wrote {out} (use it with pointcell predict --model {out})"
     )
 

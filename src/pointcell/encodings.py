@@ -31,10 +31,10 @@ from typing import Literal, get_args
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
-from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from sklearn.cluster import KMeans
 
+from pointcell.floor import WatershedParams, hematoxylin_watershed, stain_density
 from pointcell.kernels import local_kmeans, near_bisector, repel, scatter_two_nearest
 from pointcell.postprocess import fill_small_holes, remove_small_objects
 
@@ -43,6 +43,7 @@ REPEL_IGNORE = -1.0  # filtered repel of pixels the repel loss skips (any negati
 
 ClusteringMode = Literal["local", "global"]
 UnclickedMode = Literal["ignore", "background", "exclude"]
+FloorFusion = Literal["off", "he", "ihc"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class EncodingParams:
     # (clicks may miss cells: the cluster and repel losses skip them)
     unclicked: UnclickedMode = "ignore"
     unclicked_distance_um: float = 4.0
+    # fused labels: the training-free floor's nuclei (hematoxylin "he", or hematoxylin + DAB
+    # "ihc") that hold exactly one click, within that click's Voronoi cell, join the cluster
+    # label's nuclei ("off": the cluster label alone, as in the paper)
+    fuse_floor: FloorFusion = "off"
 
     def __post_init__(self) -> None:
         if self.clustering not in ("local", "global"):
@@ -79,6 +84,8 @@ class EncodingParams:
             raise ValueError(
                 f"unclicked must be 'ignore', 'background' or 'exclude', got {self.unclicked!r}"
             )
+        if self.fuse_floor not in get_args(FloorFusion):
+            raise ValueError(f"fuse_floor must be 'off', 'he' or 'ihc', got {self.fuse_floor!r}")
         if self.n_clusters not in (2, 3):
             raise ValueError(f"n_clusters must be 2 or 3, got {self.n_clusters}")
         for name in (
@@ -323,14 +330,30 @@ def cluster_label(
             label[unclicked & (label == IGNORE)] = BACKGROUND
         else:
             label[unclicked & (label == BACKGROUND)] = IGNORE
+    if params.fuse_floor != "off":
+        floor = hematoxylin_watershed(
+            image, mpp=mpp, params=WatershedParams(stain=params.fuse_floor)
+        )
+        label[single_click_nuclei(floor.labels, points_xy, near) & ~edges] = NUCLEUS
     return label
 
 
-def stain_density(image: np.ndarray) -> np.ndarray:
-    """Optical density of the nuclear stains (hematoxylin + DAB, Ruifrok & Johnston) (H, W):
-    high on nuclei in H&E and in IHC whether or not they are positive."""
-    hed = rgb2hed(image)
-    return np.clip(hed[..., 0], 0, None) + np.clip(hed[..., 2], 0, None)
+def single_click_nuclei(
+    nuclei: np.ndarray, points_xy: np.ndarray, near: NearestPoints
+) -> np.ndarray:
+    """Pixels (H, W) bool of the instances in ``nuclei`` that hold exactly one point, within
+    that point's Voronoi cell: where a segmentation outlines a nucleus cleanly around one click,
+    it is a better label than a k-means blob (measured against the MoNuSeg masks)."""
+    height, width = nuclei.shape
+    cols = np.clip(np.round(points_xy[:, 0]).astype(np.intp), 0, width - 1)
+    rows = np.clip(np.round(points_xy[:, 1]).astype(np.intp), 0, height - 1)
+    hit = nuclei[rows, cols]
+    clicks = np.bincount(hit, minlength=int(nuclei.max()) + 1)
+    clicks[0] = 0
+    owner = np.full(len(clicks), -1, dtype=np.intp)  # the one point of each single-click nucleus
+    single = clicks[hit] == 1
+    owner[hit[single]] = np.nonzero(single)[0]
+    return (owner[nuclei] >= 0) & (near.i1 == owner[nuclei])
 
 
 def unclicked_mask(

@@ -286,16 +286,28 @@ def prepare_dataset(
 
 
 def _split_lists(split: object) -> dict[str, list[str]]:
-    """``{"train": [...], "val": [...], "test": [...]}`` of stems, checked, from a split file."""
-    if not isinstance(split, dict) or not set(split) <= {"train", "val", "test"}:
+    """``{"train": [...], "val": [...], "test": [...]}`` of stems, checked, from a split file.
+
+    Keys starting with ``_`` are comments; ``test_*`` keys (e.g. ``test_same_organ``) are
+    groups of test images and join ``test``."""
+    if not isinstance(split, dict):
         raise PointcellInputError(
             'the split must be a JSON object with "train", "val" and "test" lists of image stems'
         )
-    lists = {k: split.get(k, []) for k in ("train", "val", "test")}
-    for key, stems in lists.items():
+    lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for key, stems in split.items():
+        if key.startswith("_"):
+            continue
+        side = "test" if key.startswith("test_") else key
+        if side not in lists:
+            raise PointcellInputError(
+                f'unknown key "{key}" in the split (expected train, val, test, test_<group>, '
+                "or _<comment>)"
+            )
         if not isinstance(stems, list) or not all(isinstance(s, str) for s in stems):
             raise PointcellInputError(f'the split\'s "{key}" must be a list of image stems')
-    return {k: list(v) for k, v in lists.items()}
+        lists[side] += stems
+    return lists
 
 
 def resolve_split(config: TrainConfig, stems: list[str]) -> dict[str, list[str]]:

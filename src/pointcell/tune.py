@@ -7,8 +7,10 @@ set what counts as a cell. On CRCHisto the nucleus probability at the clicks the
 model misses has a median of 0.26: they are nuclei it saw, but faintly. So the nucleus mask
 and detection threshold (``foreground``, with ``min_probability`` at the same value) are
 chosen to maximise detection F1 against held-out clicks; for a model with a detection head,
-which places cells at the proximity peaks, the peak threshold (``min_proximity``) is. The
-network runs once per image; each candidate costs only its post-processing.
+which places cells at the proximity peaks, the peak threshold (``min_proximity``) is. Each
+threshold is tried with every minimum distance between detections of a grid (``min_distance_um``:
+how close two clicked cells of this stain and magnification may lie). The network runs once per
+image; each candidate costs only its post-processing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pointcell.postprocess import PostprocessParams
 from pointcell.pretrained import export_model
 
 FOREGROUND_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+DISTANCE_GRID = (2.0, 2.5, 3.0, 3.5, 4.0)  # µm between detections; the paper fixes 2.5
 PROXIMITY_GRID = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 
 
@@ -55,15 +58,26 @@ class Trial:
     scores: DetectionScores
 
 
-def candidate_params(base: PostprocessParams, *, detection_head: bool) -> list[PostprocessParams]:
+def candidate_params(
+    base: PostprocessParams,
+    *,
+    detection_head: bool,
+    distances: Sequence[float] = DISTANCE_GRID,
+) -> list[PostprocessParams]:
     """The settings tried, ``base`` first: the proximity threshold for a detection head, else
-    the nucleus-mask threshold with the detection threshold equal to it."""
+    the nucleus-mask threshold with the detection threshold equal to it; each with every
+    minimum distance between detections in ``distances`` (the model's own is always tried)."""
+    spacings = [base.min_distance_um, *(d for d in distances if d != base.min_distance_um)]
     if detection_head:
         grid = [base.min_proximity, *(t for t in PROXIMITY_GRID if t != base.min_proximity)]
-        return [replace(base, min_proximity=t) for t in grid]
-    current = (base.foreground, base.min_probability)
-    tried = [replace(base, foreground=t, min_probability=t) for t in FOREGROUND_GRID]
-    return [base, *(p for p in tried if (p.foreground, p.min_probability) != current)]
+        tried = [replace(base, min_proximity=t, min_distance_um=d) for t in grid for d in spacings]
+    else:
+        tried = [
+            replace(base, foreground=t, min_probability=t, min_distance_um=d)
+            for t in FOREGROUND_GRID
+            for d in spacings
+        ]
+    return [base, *(p for p in tried if p != base)]
 
 
 def score_params(
@@ -88,17 +102,27 @@ def tune_postprocess(
     *,
     radius_um: float = 3.0,
     base: PostprocessParams | None = None,
+    distances: Sequence[float] = DISTANCE_GRID,
 ) -> list[Trial]:
     """Every candidate of :func:`candidate_params` scored on ``items``, best detection F1
-    first; of tied candidates the one nearest the current setting comes first."""
+    first; of tied candidates the one nearest the current setting comes first (threshold,
+    then distance)."""
     if not items:
         raise PointcellInputError("no clicked images to tune on")
     base = base or predictor.postprocess
     knob = tuned_setting(predictor)
-    candidates = candidate_params(base, detection_head=predictor.detection_head)
+    candidates = candidate_params(
+        base, detection_head=predictor.detection_head, distances=distances
+    )
     trials = [Trial(p, score_params(predictor, items, p, radius_um=radius_um)) for p in candidates]
-    start = getattr(base, knob)
-    return sorted(trials, key=lambda t: (-t.scores.f1, abs(getattr(t.params, knob) - start)))
+
+    def nearness(trial: Trial) -> tuple[float, float]:
+        return (
+            abs(getattr(trial.params, knob) - getattr(base, knob)),
+            abs(trial.params.min_distance_um - base.min_distance_um),
+        )
+
+    return sorted(trials, key=lambda t: (-t.scores.f1, *nearness(t)))
 
 
 def tuned_setting(predictor: Predictor) -> str:
