@@ -1,9 +1,8 @@
-"""Speed and label quality of the point-label encodings on the 30 MoNuSeg images.
+"""Speed of the point-label encodings on the 30 MoNuSeg images.
 
 Run: ``python benchmarks/encodings.py [--naive-images 5]``. Prints seconds per image for each
 encoding, compares pointcell's encodings (all cells at once, compiled kernels) with a
-straightforward per-cell loop over scikit-learn's KMeans, and measures how well the cluster
-labels match the true nucleus masks.
+straightforward per-cell loop over scikit-learn's KMeans (label quality: ``label_quality.py``).
 Writes ``benchmarks/results/encodings.md``.
 """
 
@@ -20,7 +19,6 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from _common import monuseg_dir, provenance, write_result  # noqa: E402
 from pointcell.data import resample  # noqa: E402
 from pointcell.encodings import (  # noqa: E402
-    NUCLEUS,
     EncodingParams,
     cluster_features,
     cluster_label,
@@ -30,7 +28,6 @@ from pointcell.encodings import (  # noqa: E402
     voronoi_label,
 )
 from pointcell.io import read_image, read_points  # noqa: E402
-from pointcell.io.images import read_label_image  # noqa: E402
 
 MPP = 0.25
 WORKING_MPP = 0.5
@@ -79,11 +76,6 @@ def speedup_table(loop_seconds: dict[str, list[float]], fast_seconds: list[float
     return lines
 
 
-def label_quality(cluster: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
-    nucleus = cluster == NUCLEUS
-    return int((nucleus & truth).sum()), int(nucleus.sum()), int(truth.sum())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -96,7 +88,6 @@ def main() -> None:
     root = monuseg_dir()
     stems = sorted(p.stem for p in (root / "images").glob("*.png"))
     rows = {k: [] for k in ("nearest", "voronoi", "cluster", "repel", "all three", "global")}
-    quality = {"local": np.zeros(3), "global": np.zeros(3)}
     naive: dict[str, list[float]] = {"auto": [], "10": []}
     naive_working: dict[str, list[float]] = {"auto": [], "10": []}
     fast_same, fast_working = [], []
@@ -106,23 +97,20 @@ def main() -> None:
     for index, stem in enumerate(stems):
         image = read_image(root / "images" / f"{stem}.png").pixels
         points = read_points(root / "masks" / f"{stem}.tif").xy
-        truth = read_label_image(root / "masks" / f"{stem}.tif") > 0
         n_points.append(len(points))
         shape = image.shape[:2]
         near, t = timed(nearest_points, points, shape)
         rows["nearest"].append(t)
         rows["voronoi"].append(timed(voronoi_label, points, shape, mpp=MPP, near=near)[1])
-        local, t = timed(cluster_label, image, points, mpp=MPP, near=near)
+        _, t = timed(cluster_label, image, points, mpp=MPP, near=near)
         rows["cluster"].append(t)
         rows["repel"].append(timed(repel_code, points, shape, mpp=MPP, near=near)[1])
         _, t = timed(encode, image, points, mpp=MPP)
         rows["all three"].append(t)
-        glob, t = timed(
+        _, t = timed(
             cluster_label, image, points, mpp=MPP, params=EncodingParams(clustering="global")
         )
         rows["global"].append(t)
-        quality["local"] += label_quality(local, truth)
-        quality["global"] += label_quality(glob, truth)
         if index < args.naive_images:
             for n_init in naive:
                 init = n_init if n_init == "auto" else int(n_init)
@@ -192,16 +180,8 @@ def main() -> None:
     ]
     lines += [
         "",
-        "## Cluster-label quality against the true masks (pixels pooled over 30 images)",
-        "",
-        "| clustering | precision | recall | Dice |",
-        "|---|---|---|---|",
+        "Label quality against the true masks: `benchmarks/label_quality.py` (`label_quality.md`).",
     ]
-    for mode, (tp, predicted, true) in quality.items():
-        lines.append(
-            f"| {mode} | {tp / predicted:.3f} | {tp / true:.3f} | "
-            f"{2 * tp / (predicted + true):.3f} |"
-        )
     text = "\n".join(lines) + "\n"
     print(text)
     write_result("encodings.md", text)

@@ -5,7 +5,8 @@ Every variant is a command line of the pointcell CLI (printed as it runs). Finis
 runs are reused and unfinished ones resumed, so the script can be stopped and restarted.
 
 Run: ``python benchmarks/monuseg.py [--preset cpu] [--steps N] [--variants ...]``.
-Writes ``benchmarks/results/monuseg.md`` (and ``monuseg.json``).
+Writes ``benchmarks/results/monuseg-<preset>[-<N>steps].md`` (and ``.json``); variants run
+earlier with the same preset and budget stay in the table.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ VARIANTS: dict[str, tuple[list[str] | None, list[str], str]] = {
         ["--encoder", "tu-tf_efficientnet_lite0", "--encoder-weights", "imagenet"],
         ["--instances", "watershed"],
         "5b. as 4 with an EfficientNet-Lite0 encoder from ImageNet (offline weights package)",
+    ),
+    "lite0-imagenet-fused": (
+        [
+            *("--encoder", "tu-tf_efficientnet_lite0", "--encoder-weights", "imagenet"),
+            *("--fuse-floor", "he"),
+        ],
+        ["--instances", "watershed"],
+        "5c. as 5b, trained on fused labels (cluster + floor nuclei around one click)",
     ),
 }
 COLUMNS = [
@@ -195,7 +204,7 @@ def main() -> None:
     root = monuseg_dir()
     split = json.loads(SPLIT.read_text())
     images, masks = test_folders(root, split)
-    results, timings = {}, {}
+    results, timings, curves = earlier_results(args)
     for name in args.variants:
         options, predict_options, _ = VARIANTS[name]
         started = time.perf_counter()
@@ -208,12 +217,27 @@ def main() -> None:
             time.perf_counter() - started,
             None if model is None else training_time(model),
         )
-    curves = {
+    curves |= {
         name: learning_curve(run_dir_for(name, args), name, WORK / budget_tag(args), images, masks)
         for name in args.curves
         if name in args.variants
     }
     write_report(args, results, timings, curves)
+
+
+def earlier_results(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Results, timings and curves of variants run earlier with the same preset and budget
+    (their results file), so that variants can be run one session at a time."""
+    path = REPO / "benchmarks" / "results" / f"monuseg-{budget_tag(args)}.json"
+    if not path.is_file():
+        return {}, {}, {}
+    earlier = json.loads(path.read_text())
+    keep = [name for name in earlier["results"] if name in VARIANTS]
+    return (
+        {name: earlier["results"][name] for name in keep},
+        {name: tuple(earlier["timings"][name]) for name in keep},
+        {name: rows for name, rows in earlier["curves"].items() if name in VARIANTS},
+    )
 
 
 def write_report(args: argparse.Namespace, results: dict, timings: dict, curves: dict) -> None:

@@ -162,26 +162,44 @@ class Case:
 
 
 OUT = ["--out", "OUT"]  # replaced by a fresh folder under tmp
+NOT_FINITE = ("--mpp", "not a finite number")
+REFUSED = ("refused", "nothing in it was run")
+COMMANDS_WITH_MPP = {
+    "labels": lambda t: ["labels", "--images", images(t), "--points", points(t), *OUT],
+    "predict": lambda t: ["predict", "--images", images(t), *OUT],
+    "baseline": lambda t: ["baseline", "--images", images(t), *OUT],
+    "train": lambda t: ["train", "--images", images(t), "--points", points(t), *OUT],
+}
+COMMANDS_WITH_MODEL = {  # each command that opens a model file, given one
+    "predict": lambda m: ["predict", "--model", str(m), "--images", images(m), *OUT],
+    "init": lambda m: [
+        "train",
+        "--init-from",
+        str(m),
+        "--images",
+        images(m),
+        "--points",
+        points(m),
+        *OUT,
+    ],
+    "resume": lambda m: ["train", "--resume", str(run_folder_with(m))],
+    "tune": lambda m: [
+        "tune",
+        "--model",
+        str(m),
+        "--images",
+        images(m),
+        "--points",
+        points(m),
+        "--out",
+        str(m.parent / "m.pt"),
+    ],
+    "export": lambda m: ["export", "--model", str(m), "--out", str(m.parent / "m.pt")],
+}
 CASES = [
-    Case(
-        "mpp-nan-labels",
-        lambda t: ["labels", "--images", images(t), "--points", points(t), *OUT, "--mpp", "nan"],
-        ("--mpp", "not a finite number"),
-    ),
-    Case(
-        "mpp-nan-predict",
-        lambda t: ["predict", "--images", images(t), *OUT, "--mpp", "nan"],
-        ("--mpp", "not a finite number"),
-    ),
-    Case(
-        "mpp-nan-baseline",
-        lambda t: ["baseline", "--images", images(t), *OUT, "--mpp", "nan"],
-        ("--mpp", "not a finite number"),
-    ),
-    Case(
-        "mpp-nan-train",
-        lambda t: ["train", "--images", images(t), "--points", points(t), *OUT, "--mpp", "nan"],
-        ("--mpp", "not a finite number"),
+    *(
+        Case(f"mpp-nan-{name}", lambda t, c=command: [*c(t), "--mpp", "nan"], NOT_FINITE)
+        for name, command in COMMANDS_WITH_MPP.items()
     ),
     Case(
         "mpp-huge",
@@ -337,49 +355,9 @@ CASES = [
         ("clear.png", "no visible pixels"),
         exit_code=0,
     ),
-    Case(
-        "model-runs-code-predict",
-        lambda t: ["predict", "--model", str(malicious_model(t)), "--images", images(t), *OUT],
-        ("refused", "nothing in it was run"),
-    ),
-    Case(
-        "model-runs-code-init",
-        lambda t: [
-            "train",
-            "--init-from",
-            str(malicious_model(t)),
-            "--images",
-            images(t),
-            "--points",
-            points(t),
-            *OUT,
-        ],
-        ("refused", "nothing in it was run"),
-    ),
-    Case(
-        "model-runs-code-resume",
-        lambda t: ["train", "--resume", str(run_folder_with(malicious_model(t)))],
-        ("refused", "nothing in it was run"),
-    ),
-    Case(
-        "model-runs-code-tune",
-        lambda t: [
-            "tune",
-            "--model",
-            str(malicious_model(t)),
-            "--images",
-            images(t),
-            "--points",
-            points(t),
-            "--out",
-            str(t / "m.pt"),
-        ],
-        ("refused", "nothing in it was run"),
-    ),
-    Case(
-        "model-runs-code-export",
-        lambda t: ["export", "--model", str(malicious_model(t)), "--out", str(t / "m.pt")],
-        ("refused", "nothing in it was run"),
+    *(
+        Case(f"model-runs-code-{name}", lambda t, m=model: m(malicious_model(t)), REFUSED)
+        for name, model in COMMANDS_WITH_MODEL.items()
     ),
     Case(
         "model-missing-module",
