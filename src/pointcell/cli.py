@@ -115,7 +115,7 @@ def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | Non
     return None if value is None else _as_bad_parameter(check_output_file, value, ctx, param)
 
 
-def _as_bad_parameter(check: Any, value: Path, ctx: click.Context, param: click.Parameter) -> Any:
+def _as_bad_parameter(check: Any, value: Any, ctx: click.Context, param: click.Parameter) -> Any:
     try:
         return check(value)
     except PointcellInputError as exc:
@@ -133,10 +133,7 @@ def _read_json(path: Path, what: str) -> Any:
 def _plausible_mpp(ctx: click.Context, param: click.Parameter, value: float | None) -> Any:
     if value is None:
         return None
-    try:
-        return check_mpp(value, "--mpp")
-    except PointcellInputError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+    return _as_bad_parameter(lambda mpp: check_mpp(mpp, "--mpp"), value, ctx, param)
 
 
 def _mpp_option(function):  # noqa: ANN001, ANN202

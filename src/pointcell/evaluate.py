@@ -97,14 +97,13 @@ class EvaluationReport:
         }
 
 
-def _pixel_size(pred_dir: Path, stem: str, mpp: float | None) -> float:
+def _pixel_size(record: dict[str, Any], stem: str, mpp: float | None) -> float:
+    """``mpp``, else the pixel size ``predictions.json`` (``record``) gives ``stem``."""
     if mpp is not None:
         return mpp
-    summary = pred_dir / SUMMARY_FILE
-    if summary.is_file():
-        images = _read_summary(summary).get("images", {})
-        if stem in images:
-            return float(images[stem]["mpp"])
+    images = record.get("images", {})
+    if stem in images:
+        return float(images[stem]["mpp"])
     raise PointcellInputError(
         f"pixel size of {stem} unknown: pass --mpp "
         f"(or keep {SUMMARY_FILE} written by pointcell predict)"
@@ -172,13 +171,14 @@ def _prediction_files(pred_dir: Path) -> dict[str, Path]:
     }
 
 
-def _check_complete(pred_dir: Path, pairs: _Pairs, allow_missing: bool) -> None:
-    """Refuse an aggregate over a partial folder: an interrupted ``predict`` run, or ground
-    truth with no prediction, unless ``allow_missing``."""
+def _check_complete(
+    pred_dir: Path, record: dict[str, Any], pairs: _Pairs, allow_missing: bool
+) -> None:
+    """Refuse an aggregate over a partial folder: an interrupted ``predict`` run (as its
+    ``predictions.json``, ``record``, says), or ground truth with no prediction, unless
+    ``allow_missing``."""
     if allow_missing:
         return
-    summary = pred_dir / SUMMARY_FILE
-    record = _read_summary(summary) if summary.is_file() else {}
     if record.get("complete") is False:
         done, expected = len(record.get("images", {})), len(record.get("expected", []))
         raise PointcellInputError(
@@ -196,6 +196,9 @@ def _check_complete(pred_dir: Path, pairs: _Pairs, allow_missing: bool) -> None:
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
+    """The ``predictions.json`` at ``path`` (empty when there is none), or one clear error."""
+    if not path.is_file():
+        return {}
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -232,7 +235,10 @@ def evaluate(
     check_positive("the matching radius", radius_um)
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     pairs = _match_files(pred_dir, gt_dir)
-    _check_complete(pred_dir, pairs, allow_missing)
+    # read once; not at all when neither the completeness check nor the pixel sizes need it
+    needed = not allow_missing or mpp is None
+    record = _read_summary(pred_dir / SUMMARY_FILE) if needed else {}
+    _check_complete(pred_dir, record, pairs, allow_missing)
     report = EvaluationReport()
     pooled = DetectionScores(0, 0, 0)
     pooled_errors = DetectionErrors(0, 0, 0, 0, 0)
@@ -242,7 +248,7 @@ def evaluate(
     for stem, pred_path, gt_path in pairs.matched:
         labels = read_label_image(pred_path)
         truth = read_ground_truth(gt_path, labels.shape)
-        pixel_size = _pixel_size(pred_dir, stem, mpp)
+        pixel_size = _pixel_size(record, stem, mpp)
         points, pred_classes = _predicted_points(pred_dir, stem, labels)
         radius = radius_um / pixel_size
         matched = match_points(truth.points_xy, points, radius=radius)  # once, for all three
