@@ -29,12 +29,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, RESULTS, SHARED, provenance, write_result  # noqa: E402
 from pointcell.floor import WatershedParams, hematoxylin_watershed, mean_dab, tune_dab_threshold  # noqa: E402
-from pointcell.inference import resolve_checkpoint  # noqa: E402
 from pointcell.io.checkpoints import load_checkpoint  # noqa: E402
 from pointcell.io.images import read_image  # noqa: E402
 from pointcell.io.points import Points, read_points, write_points_csv  # noqa: E402
 from pointcell.metrics import match_points  # noqa: E402
 from pointcell.model import ModelConfig  # noqa: E402
+from pointcell.pretrained import resolve_checkpoint  # noqa: E402
 
 RUNS = REPO / "runs"
 REUSED: list[str] = []  # finished training runs found in runs/ and not retrained

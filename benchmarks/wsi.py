@@ -92,7 +92,7 @@ def run_measured(arguments: list[str]) -> tuple[dict, float]:
 def one_run(slide: str, out: str, workers: int, threads: int, device: str) -> None:
     from dataclasses import asdict
 
-    from pointcell.wsi import predict_slides
+    from pointcell.wsi import SlideRun, predict_slides
 
     summary = predict_slides(
         [Path(slide)],
@@ -100,8 +100,7 @@ def one_run(slide: str, out: str, workers: int, threads: int, device: str) -> No
         model="pointcell-he",
         workers=workers or None,
         worker_threads=threads or None,
-        device=device,
-        overwrite=True,
+        run=SlideRun(device=device, overwrite=True),
         progress=False,
     )[0]
     print(json.dumps(asdict(summary)))

@@ -347,7 +347,7 @@ CASES = [
     Case(
         "evaluate-json-truncated",
         lambda t: ["evaluate", "--pred", str(truncated_record(t)), "--gt", str(SAMPLE / "masks")],
-        ("predictions.json: unreadable", "run predict again"),
+        ("predictions.json: cannot read the predictions record", "run predict again"),
     ),
     Case(
         "rgba-invisible",

@@ -20,11 +20,13 @@ from pointcell.evaluate import evaluate
 from pointcell.inference import load_predictor
 from pointcell.io.cells import write_cells_geojson
 from pointcell.io.points import class_colour, read_points
+from pointcell.io.predictions import class_summary
 from pointcell.losses import class_loss, task_losses
+from pointcell.masks import Cells
 from pointcell.metrics import class_match_counts, positive_percentage, proportion_ci
 from pointcell.model import ModelConfig, build_model
-from pointcell.postprocess import Cells, classify
-from pointcell.predict import class_summary, predict_images
+from pointcell.postprocess import classify
+from pointcell.predict import predict_images
 from pointcell.train import TrainConfig, adapt_output_head, fit
 
 BROWN = (150, 90, 40)  # DAB-positive nucleus

@@ -6,7 +6,7 @@ from PIL import Image
 
 from pointcell.cli import _echo_image_summaries, main
 from pointcell.io.images import read_label_image
-from pointcell.predict import PredictionSummary, class_summary
+from pointcell.io.predictions import PredictionSummary, class_summary
 
 
 def test_labels_command(sample, tmp_path):

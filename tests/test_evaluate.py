@@ -7,7 +7,8 @@ import tifffile
 
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.evaluate import evaluate, rasterise, write_report
-from pointcell.io.points import Points, instance_centroids, read_points, write_points_csv
+from pointcell.io.points import Points, read_points, write_points_csv
+from pointcell.masks import instance_centroids
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ import pytest
 import shapely
 from scipy import ndimage
 
+from pointcell.masks import instance_centroids
 from pointcell.postprocess import (
     PostprocessParams,
     add_disks,
     cells_within,
     detect,
-    instance_centroids,
     instances,
     postprocess,
 )
@@ -118,7 +118,7 @@ def test_bad_instance_method():
 
 
 def test_fill_small_holes_fills_only_small_enclosed_holes():
-    from pointcell.postprocess import fill_small_holes
+    from pointcell.masks import fill_small_holes
 
     mask = np.zeros((12, 12), bool)
     mask[1:5, 1:5] = True
@@ -133,7 +133,7 @@ def test_fill_small_holes_fills_only_small_enclosed_holes():
 
 
 def test_fill_small_holes_without_a_size_limit_is_binary_fill_holes():
-    from pointcell.postprocess import fill_small_holes
+    from pointcell.masks import fill_small_holes
 
     mask = np.random.default_rng(0).random((64, 64)) < 0.55
     np.testing.assert_array_equal(

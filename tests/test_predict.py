@@ -9,7 +9,8 @@ from PIL import Image
 
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import load_predictor
-from pointcell.predict import list_images, predict_images, region_mask
+from pointcell.io.predictions import list_images, region_mask
+from pointcell.predict import predict_images
 
 
 def test_predict_writes_every_output(sample, small_checkpoint, tmp_path):

@@ -15,6 +15,7 @@ from pointcell.io.points import read_points
 from pointcell.io.slides import write_pyramidal_tiff
 from pointcell.postprocess import PostprocessParams
 from pointcell.wsi import (
+    SlideRun,
     SlideSettings,
     dask_client,
     plan_tiles,
@@ -167,7 +168,7 @@ def test_label_zarr_holds_every_nucleus_whole_with_the_table_ids(tmp_path):
     import zarr
 
     slide = disk_slide(tmp_path / "disks.tif")
-    predict_darkness(slide, tmp_path / "out", labels_zarr=True)
+    predict_darkness(slide, tmp_path / "out", run=SlideRun(labels_zarr=True))
     labels = zarr.open_array(tmp_path / "out" / "disks.labels.zarr", mode="r")[:]
     assert labels.shape == (768, 1024) and labels.dtype == np.uint32
     for cell in read_cells(tmp_path / "out" / "disks.csv"):
@@ -179,7 +180,7 @@ def test_label_zarr_holds_every_nucleus_whole_with_the_table_ids(tmp_path):
 
 def test_geojson_opens_as_qupath_detections_and_round_trips(tmp_path):
     slide = disk_slide(tmp_path / "disks.tif")
-    predict_darkness(slide, tmp_path / "out", gzip_geojson=True)
+    predict_darkness(slide, tmp_path / "out", run=SlideRun(gzip_geojson=True))
     with gzip.open(tmp_path / "out" / "disks.geojson.gz", "rt") as handle:
         collection = json.load(handle)
     assert collection["type"] == "FeatureCollection"
@@ -254,7 +255,9 @@ class Boom(RuntimeError):
 
 
 def test_killed_job_resumes_where_it_stopped(tmp_path, monkeypatch):
-    import pointcell.wsi as wsi
+    import pointcell.wsi.tiles as wsi
+
+    RESUME = SlideRun(resume=True)
 
     slide = disk_slide(tmp_path / "disks.tif")
     options = {
@@ -287,19 +290,17 @@ def test_killed_job_resumes_where_it_stopped(tmp_path, monkeypatch):
         predict_slide(slide, tmp_path / "out", **options)
     with pytest.raises(PointcellInputError, match="postprocess"):
         changed = PostprocessParams(min_area_um2=9)
-        predict_slide(slide, tmp_path / "out", resume=True, params=changed, **options)
+        predict_slide(slide, tmp_path / "out", run=RESUME, params=changed, **options)
     with pytest.raises(PointcellInputError, match="roi"):
-        predict_slide(
-            slide, tmp_path / "out", resume=True, roi=shapely.box(0, 0, 99, 99), **options
-        )
+        predict_slide(slide, tmp_path / "out", run=RESUME, roi=shapely.box(0, 0, 99, 99), **options)
     calls["n"] = -1000  # no more failures
-    summary = predict_slide(slide, tmp_path / "out", resume=True, **options)
+    summary = predict_slide(slide, tmp_path / "out", run=RESUME, **options)
     assert calls["n"] == -1000 + summary.n_tissue_tiles - done  # only the missing tiles ran
     assert (tmp_path / "out" / "disks.csv").read_text() == expected
 
     with pytest.raises(PointcellInputError, match="--overwrite"):
         predict_slide(slide, tmp_path / "out", **options)
-    predict_slide(slide, tmp_path / "out", overwrite=True, **options)
+    predict_slide(slide, tmp_path / "out", run=SlideRun(overwrite=True), **options)
     assert (tmp_path / "out" / "disks.csv").read_text() == expected
 
 
@@ -325,7 +326,12 @@ def test_dask_cluster_gives_the_single_process_result(tmp_path, sample):
     with dask_client(workers=2) as (client, threads):
         assert threads == 1
         distributed = predict_slide(
-            slide, tmp_path / "dask", client=client, torch_threads=1, group_size=2, **options
+            slide,
+            tmp_path / "dask",
+            client=client,
+            torch_threads=1,
+            run=SlideRun(group_size=2),
+            **options,
         )
     assert local.n_cells == distributed.n_cells > 50
     assert (tmp_path / "local" / "mosaic.csv").read_text() == (

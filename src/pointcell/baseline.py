@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from pointcell.floor import IHC_CLASSES, WatershedParams, hematoxylin_watershed
 from pointcell.io.cells import cell_class_names
 from pointcell.io.images import read_image, resolve_mpp
-from pointcell.predict import (
+from pointcell.io.predictions import (
     PredictionSummary,
     class_summary,
     list_images,

@@ -24,9 +24,9 @@ from pointcell.io.atomic import remove_live_temporaries
 
 if TYPE_CHECKING:  # the CLI imports torch only in the commands that need it
     from pointcell.device import Precision
+    from pointcell.io.predictions import PredictionSummary
     from pointcell.io.slides import SlideReader
     from pointcell.postprocess import CentreMethod, InstanceMethod
-    from pointcell.predict import PredictionSummary
     from pointcell.train import LrSchedule
     from pointcell.wsi import SlideSummary
 
@@ -712,9 +712,10 @@ def predict(
     from dataclasses import asdict
 
     from pointcell.inference import load_predictor
+    from pointcell.io.predictions import list_images, write_summary
     from pointcell.io.roi import roi_for_images
     from pointcell.io.slides import is_whole_slide
-    from pointcell.predict import adapted_to_images, list_images, predict_images, write_summary
+    from pointcell.predict import adapted_to_images, predict_images
     from pointcell.wsi import SlideSettings, predict_slides
 
     if tile_size % 32 or overlap % 32 or overlap >= tile_size:
@@ -970,8 +971,7 @@ def baseline(
 )
 def export(model_path: str, out: Path, half: bool) -> None:
     """Write a compact model file (weights only) from a run, for sharing or shipping."""
-    from pointcell.inference import resolve_checkpoint
-    from pointcell.pretrained import export_model
+    from pointcell.pretrained import export_model, resolve_checkpoint
 
     written = export_model(resolve_checkpoint(model_path), out, half=half)
     click.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")

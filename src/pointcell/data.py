@@ -26,7 +26,7 @@ from skimage.color import hed_from_rgb as HED_FROM_RGB
 from skimage.color import rgb_from_hed as RGB_FROM_HED
 from skimage.transform import resize
 
-from pointcell.encodings import IGNORE, EncodingParams, encode, nearest_points
+from pointcell.encodings import CLASS_IGNORE, IGNORE, EncodingParams, encode, nearest_points
 from pointcell.errors import PointcellInputError
 from pointcell.io.atomic import atomic_output
 from pointcell.io.images import read_image, resolve_mpp
@@ -35,7 +35,6 @@ from pointcell.io.points import read_points
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 6
-CLASS_IGNORE = 255  # class target of pixels with no class (class indices start at 0)
 UNTYPED = ("", "unlabelled", "unlabeled", "unknown")  # class names that carry no class
 
 

@@ -32,13 +32,13 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.filters import threshold_otsu
-from sklearn.cluster import KMeans
 
 from pointcell.floor import WatershedParams, hematoxylin_watershed, stain_density
 from pointcell.kernels import local_kmeans, near_bisector, repel, scatter_two_nearest
-from pointcell.postprocess import fill_small_holes, remove_small_objects
+from pointcell.masks import fill_small_holes, remove_small_objects
 
 BACKGROUND, NUCLEUS, IGNORE = 0, 1, 2
+CLASS_IGNORE = 255  # class target of pixels with no class (class indices start at 0)
 REPEL_IGNORE = -1.0  # filtered repel of pixels the repel loss skips (any negative value)
 
 ClusteringMode = Literal["local", "global"]
@@ -427,6 +427,8 @@ def _global_kmeans(
     features: np.ndarray, *, k: int, seed: int, max_samples: int = 200_000
 ) -> np.ndarray:
     """One k-means over the whole image (Qu et al.), fitted on a seeded subsample for speed."""
+    from sklearn.cluster import KMeans  # 1 s to import; only this baseline mode needs it
+
     rng = np.random.default_rng(seed)
     sample = features
     if len(features) > max_samples:

@@ -26,7 +26,9 @@ from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.atomic import atomic_output
 from pointcell.io.cells import polygon_pixels
 from pointcell.io.images import read_label_image
-from pointcell.io.points import instance_centroids, read_points, read_polygons
+from pointcell.io.points import read_points, read_polygons
+from pointcell.io.predictions import SUMMARY_FILE, read_summary
+from pointcell.masks import instance_centroids
 from pointcell.metrics import (
     DetectionErrors,
     DetectionScores,
@@ -40,7 +42,6 @@ from pointcell.metrics import (
     segmentation_scores,
     systematic_offset,
 )
-from pointcell.predict import SUMMARY_FILE
 
 DEFAULT_RADIUS_UM = 3.0
 SEGMENTATION_KEYS = ("accuracy", "f1", "dice", "aji", "dq", "sq", "pq")
@@ -195,19 +196,6 @@ def _check_complete(
         )
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
-    """The ``predictions.json`` at ``path`` (empty when there is none), or one clear error."""
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PointcellInputError(f"{path}: unreadable ({exc}); run predict again") from exc
-    if not isinstance(record, dict):
-        raise PointcellInputError(f"{path}: not a predictions record; run predict again")
-    return record
-
-
 class _TypedImage(NamedTuple):
     """What the class report needs of an image whose true points carry classes."""
 
@@ -237,7 +225,7 @@ def evaluate(
     pairs = _match_files(pred_dir, gt_dir)
     # read once; not at all when neither the completeness check nor the pixel sizes need it
     needed = not allow_missing or mpp is None
-    record = _read_summary(pred_dir / SUMMARY_FILE) if needed else {}
+    record = read_summary(pred_dir / SUMMARY_FILE) if needed else {}
     _check_complete(pred_dir, record, pairs, allow_missing)
     report = EvaluationReport()
     pooled = DetectionScores(0, 0, 0)

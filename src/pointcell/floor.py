@@ -16,7 +16,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from pointcell.postprocess import Cells, fill_small_holes, remove_small_objects
+from pointcell.masks import Cells, fill_small_holes, remove_small_objects
 
 
 def stain_density(image: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ import copy
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from pointcell.data import resample
 from pointcell.device import Precision, autocast_dtype, select_device
 from pointcell.errors import PointcellInputError
 from pointcell.io.checkpoints import load_checkpoint
+from pointcell.masks import Cells
 from pointcell.model import (
     ENCODER_STRIDE,
     ModelConfig,
@@ -34,8 +34,8 @@ from pointcell.model import (
     nucleus_probability,
     split_proximity,
 )
-from pointcell.postprocess import Cells, PostprocessParams, classify, postprocess
-from pointcell.pretrained import PRETRAINED, cast_state_to_float, pretrained_path
+from pointcell.postprocess import PostprocessParams, classify, postprocess
+from pointcell.pretrained import cast_state_to_float, resolve_checkpoint
 
 
 @dataclass
@@ -57,22 +57,6 @@ class Predictor:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
-
-
-def resolve_checkpoint(model: str | os.PathLike[str]) -> Path:
-    """A shipped model's name, a checkpoint file, or a run folder (its best, else last,
-    checkpoint)."""
-    if str(model) in PRETRAINED:
-        return pretrained_path(str(model))
-    path = Path(model)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise PointcellInputError(f"{path}: run folder holds no best.pt or last.pt")
-    if not path.is_file():
-        raise PointcellInputError(f"{path}: no such model file or run folder")
-    return path
 
 
 def load_predictor(

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pointcell.data import CLASS_IGNORE
-from pointcell.encodings import IGNORE
+from pointcell.encodings import CLASS_IGNORE, IGNORE
 from pointcell.model import N_OUTPUTS, nucleus_probability
 
 TASKS = ("voronoi", "repel", "cluster")  # the paper's scheduler order

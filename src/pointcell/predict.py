@@ -2,189 +2,154 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import Any
 
 import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
-from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
+from pointcell.device import Precision
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import (
     Predictor,
     adapt_batchnorm,
     cells_from_maps,
+    load_predictor,
     predict_image_maps,
 )
-from pointcell.io.atomic import atomic_output
-from pointcell.io.cells import (
-    cell_class_names,
-    polygon_pixels,
-    write_cells_csv,
-    write_cells_geojson,
+from pointcell.io.cells import cell_class_names
+from pointcell.io.images import read_image, resolve_mpp
+from pointcell.io.predictions import (
+    PredictionSummary,
+    class_summary,
+    list_images,
+    write_prediction,
+    write_record,
+    write_summary,
 )
-from pointcell.io.images import (
-    IMAGE_SUFFIXES,
-    read_image,
-    resolve_mpp,
-    write_float_tiff,
-    write_label_tiff,
-    write_rgb_png,
-)
-from pointcell.io.slides import SLIDE_SUFFIXES, slide_stem
-from pointcell.metrics import positive_percentage, proportion_ci
-from pointcell.overlay import draw_points
-from pointcell.postprocess import Cells, PostprocessParams, cells_within
-
-if TYPE_CHECKING:
-    from pointcell.wsi import SlideSummary
-
-SUMMARY_FILE = "predictions.json"
-INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
+from pointcell.io.roi import roi_for_images
+from pointcell.io.slides import is_whole_slide, slide_stem
+from pointcell.masks import Cells
+from pointcell.postprocess import PostprocessParams, cells_within
+from pointcell.pretrained import DEFAULT_MODEL
+from pointcell.wsi import SlideSettings, SlideSummary, predict_slides
 
 
 @dataclass(frozen=True)
-class PredictionSummary:
-    stem: str
-    mpp: float
-    n_cells: int
-    model_s: float  # resampling and network
-    postprocess_s: float
-    megapixels: float
-    class_counts: dict[str, int] = field(default_factory=dict)
-    positive_percent: float | None = None  # positive / (positive + negative), in %
-    positive_ci: tuple[float, float] | None = None  # its 95% Wilson interval
-    roi_area_um2: float | None = None  # area of the region of interest the cells were kept in
+class PredictSettings:
+    """Everything ``pointcell predict`` is told besides its inputs and output folder.
 
+    ``postprocess`` overrides some of the model's own post-processing settings (by name of
+    :class:`~pointcell.postprocess.PostprocessParams`); ``tile``/``overlap``/``batch_size`` are
+    the network's tiles (px at the working pixel size); ``slide`` how whole slides are read,
+    and ``cluster``/``workers`` where their tiles run (a Dask scheduler, or local processes).
+    """
 
-def list_images(locations: list[str | os.PathLike[str]]) -> list[Path]:
-    """Image files from a mix of files and folders (sorted within each folder)."""
-    found: list[Path] = []
-    for location in map(Path, locations):
-        if location.is_dir():
-            found += sorted(
-                p
-                for p in location.iterdir()
-                if p.suffix.lower() in INPUT_SUFFIXES and not p.name.startswith(".")
+    model: str = DEFAULT_MODEL
+    mpp: float | None = None
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    tile: int = 512
+    overlap: int = 128
+    batch_size: int = 4
+    tta: bool = False
+    adapt_norm: bool = False
+    save_probability: bool = False
+    overlay: bool = True
+    roi: Path | None = None
+    device: str = "auto"
+    precision: Precision = "auto"
+    slide: SlideSettings = SlideSettings()
+    cluster: str | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile % 32 or self.overlap % 32 or self.overlap >= self.tile:
+            raise PointcellInputError(
+                "--tile-size and --overlap must be multiples of 32, overlap smaller than the tile"
             )
-        elif location.is_file():
-            found.append(location)
-        else:
-            raise PointcellInputError(f"{location}: no such image file or folder")
-    if not found:
-        raise PointcellInputError(
-            f"no images ({', '.join(INPUT_SUFFIXES)}) in {', '.join(map(str, locations))}"
-        )
-    stems = [slide_stem(p) for p in found]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise PointcellInputError(
-            f"several input images share the name {duplicates[0]!r}; outputs are named by file stem"
-        )
-    return found
+        if self.cluster and self.workers:
+            raise PointcellInputError("give --cluster or --workers, not both")
 
 
-def cells_overlay(
-    image: np.ndarray, labels: np.ndarray, xy: np.ndarray, roi: BaseGeometry | None = None
-) -> np.ndarray:
-    """The image with instance outlines in green, detected centres in red and the outline of
-    the region of interest in yellow."""
-    out = image.copy()
-    out[find_boundaries(labels, mode="inner")] = (60, 255, 60)
-    draw_points(out, xy, radius=2)
-    if roi is not None:
-        out[find_boundaries(region_mask(roi, out.shape[:2]), mode="inner")] = (255, 230, 0)
-    return out
+@dataclass(frozen=True)
+class PredictionJob:
+    """What :func:`predict_paths` did: a summary per image and per whole slide."""
+
+    images: list[PredictionSummary]
+    slides: list[SlideSummary]
 
 
-def region_mask(roi: BaseGeometry, shape: tuple[int, int]) -> np.ndarray:
-    """The pixels whose centre lies in a (Multi)Polygon region, holes left out."""
-    mask = np.zeros(shape, dtype=bool)
-    for polygon in getattr(roi, "geoms", [roi]):
-        mask[polygon_pixels(polygon.exterior.coords, shape)] = True
-        for hole in polygon.interiors:
-            mask[polygon_pixels(hole.coords, shape)] = False
-    return mask
-
-
-def write_prediction(
-    out: Path,
-    stem: str,
-    image: np.ndarray,
-    cells: Cells,
+def predict_paths(
+    locations: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    settings: PredictSettings = PredictSettings(),
     *,
-    mpp: float,
-    probability: np.ndarray | None = None,
-    overlay: bool = True,
-    classes: tuple[str, ...] = (),
-    roi: BaseGeometry | None = None,
-) -> None:
-    """Write the outputs of one image: labels TIFF, cells CSV and GeoJSON, optional
-    probability map and overlay (with the region of interest, when given)."""
-    write_label_tiff(out / f"{stem}.tif", cells.labels)
-    write_cells_csv(out / f"{stem}.csv", cells, mpp=mpp, classes=classes)
-    write_cells_geojson(out / f"{stem}.geojson", cells, mpp=mpp, classes=classes)
-    if probability is not None:
-        write_float_tiff(out / f"{stem}_probability.tif", probability)
-    if overlay:
-        drawn = cells_overlay(image, cells.labels, cells.xy, roi)
-        write_rgb_png(out / f"{stem}_overlay.png", drawn)
-
-
-class ClassSummary(TypedDict, total=False):
-    class_counts: dict[str, int]
-    positive_percent: float  # positive / (positive + negative), in %
-    positive_ci: tuple[float, float]  # its 95% Wilson interval, in %
-
-
-def class_summary(names: list[str]) -> ClassSummary:
-    """Cells per class and, when classes ``positive`` and ``negative`` exist, the positive
-    percentage (e.g. the Ki67 index) with its 95% Wilson confidence interval."""
-    if not names:
-        return {}
-    counts = dict(sorted(Counter(names).items()))
-    summary: ClassSummary = {"class_counts": counts}
-    percent = positive_percentage(names)
-    if percent is not None:
-        positive = counts.get("positive", 0)
-        low, high = proportion_ci(positive, positive + counts.get("negative", 0))
-        summary["positive_percent"] = percent
-        summary["positive_ci"] = (100.0 * low, 100.0 * high)
-    return summary
-
-
-def write_summary(
-    out: Path,
-    source: str,
-    settings: dict[str, object],
-    summaries: Sequence[PredictionSummary] | Sequence[SlideSummary],
-) -> None:
-    """``predictions.json``: what produced the folder, and per-image pixel sizes and timings;
-    images predicted earlier into the same folder are kept."""
-    path = out / SUMMARY_FILE
-    images = _previous_images(path)
-    images.update({s.stem: asdict(s) for s in summaries})
-    _write_record(out, {"model": source, "settings": settings, "complete": True, "images": images})
-
-
-def _previous_images(path: Path) -> dict[str, object]:
-    """The images an earlier run recorded in ``path``; none when it is missing or unreadable
-    (it is rewritten whole)."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    images = record.get("images") if isinstance(record, dict) else None
-    return images if isinstance(images, dict) else {}
+    progress: bool = True,
+) -> PredictionJob:
+    """``pointcell predict``: images and whole slides (told apart by format and size) from
+    files and folders, predicted into ``out`` with one model."""
+    out = Path(out)
+    paths = list_images(list(locations))
+    slides = [p for p in paths if is_whole_slide(p)]
+    plain = [p for p in paths if p not in slides]
+    if settings.adapt_norm and slides:
+        raise PointcellInputError("--adapt-norm works on images, not whole slides")
+    rois = roi_for_images(settings.roi, paths) if settings.roi else {}
+    predictor = load_predictor(settings.model, device=settings.device, precision=settings.precision)
+    if settings.adapt_norm:
+        predictor = adapted_to_images(predictor, plain, mpp=settings.mpp, tile=settings.tile)
+    params = replace(predictor.postprocess, **settings.postprocess)
+    image_summaries = []
+    if plain:
+        image_summaries = predict_images(
+            predictor,
+            list(plain),
+            out,
+            mpp=settings.mpp,
+            params=params,
+            tile=settings.tile,
+            overlap=settings.overlap,
+            batch_size=settings.batch_size,
+            tta=settings.tta,
+            save_probability=settings.save_probability,
+            overlay=settings.overlay,
+            rois=rois,
+            progress=progress,
+        )
+    slide_summaries = []
+    if slides:
+        slide_settings = replace(
+            settings.slide,
+            network_tile=settings.tile,
+            network_overlap=settings.overlap,
+            batch_size=settings.batch_size,
+            tta=settings.tta,
+            device=settings.device,
+            precision=settings.precision,
+        )
+        local = not (settings.cluster or settings.workers)
+        slide_summaries = predict_slides(
+            slides,
+            out,
+            model=settings.model,
+            cluster=settings.cluster,
+            workers=settings.workers,
+            predictor=predictor if local else None,
+            mpp=settings.mpp,
+            params=params,
+            settings=slide_settings,
+            rois=rois,
+            progress=progress,
+        )
+        write_summary(out, predictor.source, {"slides": asdict(slide_settings)}, slide_summaries)
+    return PredictionJob(image_summaries, slide_summaries)
 
 
 def _cells_in_roi(cells: Cells, roi: BaseGeometry, path: Path, shape: tuple[int, ...]) -> Cells:
@@ -253,7 +218,7 @@ def predict_images(
         "expected": [slide_stem(p) for p in paths],
         "images": {},
     }
-    _write_record(out, record)
+    write_record(out, record)
     for path in tqdm(paths, desc="predicting", unit="image", disable=not progress):
         loaded = read_image(path)
         pixel_size = resolve_mpp(loaded, mpp, working_mpp=predictor.working_mpp)
@@ -299,11 +264,6 @@ def predict_images(
             )
         )
         record["images"] = {s.stem: asdict(s) for s in summaries}
-        _write_record(out, record)
-    _write_record(out, {**record, "complete": True})
+        write_record(out, record)
+    write_record(out, {**record, "complete": True})
     return summaries
-
-
-def _write_record(out: Path, record: dict[str, object]) -> None:
-    with atomic_output(out / SUMMARY_FILE) as tmp:
-        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -65,10 +65,24 @@ def export_model(
     return Path(out)
 
 
+def resolve_checkpoint(model: str | os.PathLike[str]) -> Path:
+    """A shipped model's name, a checkpoint file, or a run folder (its best, else last,
+    checkpoint)."""
+    if str(model) in PRETRAINED:
+        return pretrained_path(str(model))
+    path = Path(model)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise PointcellInputError(f"{path}: run folder holds no best.pt or last.pt")
+    if not path.is_file():
+        raise PointcellInputError(f"{path}: no such model file or run folder")
+    return path
+
+
 def model_config_of(model: str | os.PathLike[str]) -> ModelConfig:
     """The architecture of a shipped model, checkpoint or run folder."""
-    from pointcell.inference import resolve_checkpoint
-
     return ModelConfig.from_dict(load_checkpoint(resolve_checkpoint(model))["config"]["model"])
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import math
 import os
@@ -51,6 +50,7 @@ from pointcell.errors import PointcellInputError
 from pointcell.inference import Predictor, cells_from_maps, predict_maps
 from pointcell.io.atomic import atomic_output
 from pointcell.io.checkpoints import load_checkpoint, save_checkpoint
+from pointcell.io.jsonfiles import write_json
 from pointcell.io.pairing import ImagePointsPair, pair_images_with_points
 from pointcell.losses import TASKS, TaskCombiner, TasksMode, proximity_loss, task_losses
 from pointcell.metrics import DetectionScores, detection_scores
@@ -648,7 +648,7 @@ def _initial_state(config: TrainConfig) -> dict[str, Any] | None:
     """The checkpoint to fine-tune from, checked against the run's architecture."""
     if config.init_from is None:
         return None
-    from pointcell.inference import resolve_checkpoint
+    from pointcell.pretrained import resolve_checkpoint
 
     state = load_checkpoint(resolve_checkpoint(config.init_from))
     architecture = ModelConfig.from_dict(state["config"]["model"])
@@ -667,11 +667,6 @@ def _initial_state(config: TrainConfig) -> dict[str, Any] | None:
             f"--working-mpp {state['working_mpp']}"
         )
     return state
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
@@ -791,8 +786,8 @@ def _fit(
         prepared = {s: with_proximity(img, sigma_px=sigma) for s, img in prepared.items()}
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", config.to_dict())
-        _write_json(run_dir / "split.json", split)
+        write_json(run_dir / "config.json", config.to_dict())
+        write_json(run_dir / "split.json", split)
     train_images = [prepared[s] for s in split["train"]]
     val_images = [prepared[s] for s in split["val"]] if dist.is_main else []
     if not split["val"] and dist.is_main:

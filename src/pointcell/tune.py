@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 
 from pointcell.errors import PointcellInputError
 from pointcell.evaluate import read_ground_truth
-from pointcell.inference import Predictor, cells_from_maps, predict_image_maps, resolve_checkpoint
+from pointcell.inference import Predictor, cells_from_maps, predict_image_maps
 from pointcell.io.images import read_image, resolve_mpp
 from pointcell.io.pairing import pair_images_with_points
 from pointcell.metrics import DetectionScores, detection_scores
 from pointcell.postprocess import PostprocessParams
-from pointcell.pretrained import export_model
+from pointcell.pretrained import export_model, resolve_checkpoint
 
 FOREGROUND_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 DISTANCE_GRID = (2.0, 2.5, 3.0, 3.5, 4.0)  # µm between detections; the paper fixes 2.5

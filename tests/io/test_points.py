@@ -7,13 +7,13 @@ import tifffile
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.points import (
     Points,
-    instance_centroids,
     merge_duplicates,
     read_points,
     read_polygons,
     write_points_csv,
     write_points_geojson,
 )
+from pointcell.masks import instance_centroids
 
 
 def write(path, text):
@@ -108,7 +108,7 @@ def test_geojson_feature_list_as_older_qupath_exports(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "cannot read the features as JSON"),
         ('{"type": "Topology"}', "FeatureCollection"),
         (
             json.dumps([qupath_feature({"type": "LineString", "coordinates": [[0, 0], [1, 1]]})]),
@@ -179,7 +179,7 @@ def test_outlines_from_geojson_keep_the_largest_part_and_skip_points(tmp_path):
 
 
 def test_outline_errors(tmp_path):
-    with pytest.raises(PointcellInputError, match="not valid JSON"):
+    with pytest.raises(PointcellInputError, match="cannot read the features as JSON"):
         read_polygons(write(tmp_path / "a.geojson", "{"))
     with pytest.raises(PointcellInputError, match="expected a GeoJSON"):
         read_polygons(write(tmp_path / "b.geojson", '{"type": "Point"}'))

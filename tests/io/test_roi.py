@@ -60,7 +60,7 @@ def test_region_files_without_an_area_are_refused(tmp_path):
     with pytest.raises(PointcellInputError, match="no polygon"):
         read_roi(qupath_annotations(tmp_path / "points.geojson"))
     (tmp_path / "bad.geojson").write_text("{not json")
-    with pytest.raises(PointcellInputError, match="not valid JSON"):
+    with pytest.raises(PointcellInputError, match="cannot read the features as JSON"):
         read_roi(tmp_path / "bad.geojson")
     with pytest.raises(PointcellInputError, match=r"\.geojson or Aperio"):
         read_roi(tmp_path / "a.csv")

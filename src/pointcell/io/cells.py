@@ -13,7 +13,7 @@ from skimage.measure import find_contours
 
 from pointcell.io.atomic import atomic_output
 from pointcell.io.points import class_colour
-from pointcell.postprocess import Cells
+from pointcell.masks import Cells
 
 CELL_CLASS = "Nucleus"
 CELL_COLOUR = [0, 200, 0]

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.atomic import atomic_output
+from pointcell.io.jsonfiles import read_json
 
 POINT_SUFFIXES = (".csv", ".geojson", ".json", ".xml")
 MASK_SUFFIXES = (".tif", ".tiff", ".png")
@@ -128,14 +128,6 @@ def _number(row: Sequence[str], index: int, column: str, path: Path, line: int) 
     return value
 
 
-def read_json(path: Path) -> object:
-    """A JSON file's content; a clear error when it is not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PointcellInputError(f"{path}: not valid JSON ({exc})") from exc
-
-
 def geojson_features(data: object) -> list | None:
     """The features of a GeoJSON FeatureCollection, a single Feature or QuPath's older
     "export as array" list; None for anything else."""
@@ -150,7 +142,7 @@ def geojson_features(data: object) -> list | None:
 
 def read_geojson_features(path: Path) -> list:
     """The features of a GeoJSON file; a clear error when it holds none of the known shapes."""
-    features = geojson_features(read_json(path))
+    features = geojson_features(read_json(path, "features"))
     if features is None:
         raise PointcellInputError(f"{path}: expected a GeoJSON FeatureCollection or Feature list")
     return features
@@ -245,18 +237,9 @@ def _region_centroid(region: ET.Element, path: Path) -> tuple[float, float]:
 
 def _read_mask(path: Path) -> Points:
     from pointcell.io.images import read_label_image
+    from pointcell.masks import instance_centroids
 
     return Points(instance_centroids(read_label_image(path)))
-
-
-def instance_centroids(labels: np.ndarray) -> np.ndarray:
-    """Centroid (x, y) of every instance (label > 0) of a label image, in increasing label order."""
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return np.empty((0, 2))
-    rc = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, ids)).reshape(-1, 2)
-    return rc[:, ::-1].copy()
 
 
 def _check_inside(points: Points, shape: tuple[int, int], *, clip: bool, source: Path) -> Points:

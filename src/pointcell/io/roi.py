@@ -15,7 +15,8 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from pointcell.errors import PointcellInputError
-from pointcell.io.points import geojson_features, read_json, read_xml_root, region_vertices
+from pointcell.io.jsonfiles import read_json
+from pointcell.io.points import geojson_features, read_xml_root, region_vertices
 from pointcell.io.slides import slide_stem
 
 ROI_SUFFIXES = (".geojson", ".json", ".xml")
@@ -36,7 +37,7 @@ def read_roi(path: str | os.PathLike[str]) -> BaseGeometry:
 
 
 def _read_geojson(path: Path) -> BaseGeometry:
-    data = read_json(path)
+    data = read_json(path, "features")
     bare_geometry = isinstance(data, dict) and "coordinates" in data
     features = [{"geometry": data}] if bare_geometry else geojson_features(data)
     if features is None:
