@@ -7,7 +7,7 @@ from pointcell.inference import load_predictor
 from pointcell.io.checkpoints import load_checkpoint
 from pointcell.model import ModelConfig
 from pointcell.pretrained import export_model, model_config_of, pretrained_path
-from pointcell.train import TrainConfig, Trainer, _initial_state
+from pointcell.train import TrainConfig, Trainer, initial_state
 
 
 def test_export_halves_the_weights_and_stays_loadable(small_checkpoint, tmp_path):
@@ -30,7 +30,7 @@ def test_fine_tuning_starts_from_the_given_weights(small_checkpoint, tmp_path):
         init_from=str(exported),
         device="cpu",
     )
-    initial = _initial_state(config)
+    initial = initial_state(config)
     trainer = Trainer(config, mean=[0.5] * 3, std=[0.25] * 3, initial_weights=initial["model"])
     expected = initial["model"]["encoder.conv1.weight"].float()
     assert torch.equal(trainer.model.state_dict()["encoder.conv1.weight"], expected)
@@ -47,7 +47,7 @@ def test_fine_tuning_checks_the_architecture(small_checkpoint):
     with pytest.raises(
         PointcellInputError, match="is a resnet18 U-Net but the run asks for resnet34"
     ):
-        _initial_state(config)
+        initial_state(config)
 
 
 def test_shipped_model_names(monkeypatch):

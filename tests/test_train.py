@@ -30,6 +30,8 @@ from pointcell.train import (
     preset_config,
     resolve_split,
 )
+from pointcell.train import run as train_run
+from pointcell.train.trainer import PROXIMITY_LR_SCALE
 
 SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16))
 
@@ -174,14 +176,14 @@ def test_sigterm_finishes_the_step_saves_and_resumes_identically(
 
 
 def test_a_second_signal_stops_at_once_and_ignored_signals_stay_ignored():
-    request = train_module._StopRequest()
+    request = train_run._StopRequest()
     request(signal.SIGTERM, None)
     assert request.requested
     with pytest.raises(KeyboardInterrupt):
         request(signal.SIGTERM, None)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
     try:
-        with train_module._stop_on_signals() as stop:
+        with train_run._stop_on_signals() as stop:
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             assert signal.getsignal(signal.SIGTERM) is stop
     finally:
@@ -395,7 +397,7 @@ def test_a_detection_head_learns_to_find_the_clicks_of_one_patch():
     within 1.5 px)."""
     trainer, tile, images, targets = one_patch_training(HEAD, "adam", 60, proximity_sigma_px=3.0)
     rates = {group["lr_scale"] for group in trainer.optimizer.param_groups}
-    assert rates == {1.0, train_module.PROXIMITY_LR_SCALE}
+    assert rates == {1.0, PROXIMITY_LR_SCALE}
     losses = [trainer.step(i, images, targets)["proximity"] for i in range(60)]
     assert losses[-1] < 0.85 * losses[0]
     predictor = trainer.predictor()

@@ -1,20 +1,32 @@
-"""Everything that touches the disk: images, point annotations, label maps, pairing of files."""
+"""Everything that touches the disk: images, point annotations, label maps, pairing of files.
 
-from pointcell.io.atomic import atomic_output
-from pointcell.io.images import LoadedImage, read_image, write_float_tiff, write_label_png
-from pointcell.io.pairing import ImagePointsPair, pair_images_with_points
-from pointcell.io.points import Points, read_points, write_points_csv, write_points_geojson
+The names below load their module on first use, so that importing one light part of
+``pointcell.io`` (e.g. :mod:`pointcell.io.atomic`, which the command line needs at start-up)
+does not import numpy, tifffile and scipy.
+"""
 
-__all__ = [
-    "ImagePointsPair",
-    "LoadedImage",
-    "Points",
-    "atomic_output",
-    "pair_images_with_points",
-    "read_image",
-    "read_points",
-    "write_float_tiff",
-    "write_label_png",
-    "write_points_csv",
-    "write_points_geojson",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {
+    "atomic_output": "atomic",
+    "LoadedImage": "images",
+    "read_image": "images",
+    "write_float_tiff": "images",
+    "write_label_png": "images",
+    "ImagePointsPair": "pairing",
+    "pair_images_with_points": "pairing",
+    "Points": "points",
+    "read_points": "points",
+    "write_points_csv": "points",
+    "write_points_geojson": "points",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'pointcell.io' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"pointcell.io.{_HOME[name]}"), name)

@@ -1,0 +1,156 @@
+"""The images a run trains and validates on: encoded (or cached), split, given targets."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from pointcell.data import (
+    PreparedImage,
+    prepare_image,
+    split_stems,
+    with_class_map,
+    with_proximity,
+)
+from pointcell.errors import PointcellInputError
+from pointcell.io.pairing import ImagePointsPair, pair_images_with_points
+from pointcell.train.config import TrainConfig
+from pointcell.train.distributed import Distributed
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(root) / "pointcell" / "encodings"
+
+
+def prepare_dataset(
+    config: TrainConfig, pairs: list[ImagePointsPair], *, progress: bool
+) -> dict[str, PreparedImage]:
+    """Encode (or load from the cache) the given image/points pairs, keyed by stem."""
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    prepared = [
+        prepare_image(
+            pair,
+            working_mpp=config.working_mpp,
+            params=config.encoding,
+            mpp=config.mpp,
+            clip=config.clip,
+            cache_dir=cache,
+        )
+        for pair in tqdm(pairs, desc="encoding", unit="image", disable=not progress)
+    ]
+    return {img.stem: img for img in prepared}
+
+
+def _split_lists(split: object) -> dict[str, list[str]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` of stems, checked, from a split file.
+
+    Keys starting with ``_`` are comments; ``test_*`` keys (e.g. ``test_same_organ``) are
+    groups of test images and join ``test``."""
+    if not isinstance(split, dict):
+        raise PointcellInputError(
+            'the split must be a JSON object with "train", "val" and "test" lists of image stems'
+        )
+    lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for key, stems in split.items():
+        if key.startswith("_"):
+            continue
+        side = "test" if key.startswith("test_") else key
+        if side not in lists:
+            raise PointcellInputError(
+                f'unknown key "{key}" in the split (expected train, val, test, test_<group>, '
+                "or _<comment>)"
+            )
+        if not isinstance(stems, list) or not all(isinstance(s, str) for s in stems):
+            raise PointcellInputError(f'the split\'s "{key}" must be a list of image stems')
+        lists[side] += stems
+    return lists
+
+
+def resolve_split(config: TrainConfig, stems: list[str]) -> dict[str, list[str]]:
+    if config.split is None:
+        return split_stems(stems, fractions=config.split_fractions, seed=config.seed)
+    split = _split_lists(config.split)
+    unknown = sorted(set(sum(split.values(), [])) - set(stems))
+    if unknown:
+        raise PointcellInputError(f"split names image(s) without points: {', '.join(unknown)}")
+    if not split["train"]:
+        raise PointcellInputError("the split has no training image")
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted(set(split[first]) & set(split[second]))
+        if shared:
+            raise PointcellInputError(
+                f"the split puts image(s) in both {first} and {second}: {', '.join(shared)} "
+                "(a model chosen or scored on its training images looks better than it is)"
+            )
+    return split
+
+
+def total_steps(config: TrainConfig, train_images: list[PreparedImage]) -> int:
+    if config.steps is not None:
+        return config.steps
+    area = sum(img.image.shape[0] * img.image.shape[1] for img in train_images)
+    per_epoch = math.ceil(area / config.patch_size**2 / config.batch_size)
+    return max(1, round(config.epochs * per_epoch))
+
+
+def discover_classes(images: list[PreparedImage]) -> tuple[str, ...]:
+    """Sorted class names of the typed clicks of the training images."""
+    names: set[str] = set()
+    for img in images:
+        names.update(str(n) for n in img.point_classes if n)
+    return tuple(sorted(names))
+
+
+def with_classes(config: TrainConfig, train_images: list[PreparedImage]) -> TrainConfig:
+    """Fix the run's class list: asked for, found on the clicks, or that of --init-from."""
+    if config.classes is not None:
+        classes = config.classes
+    else:
+        classes = discover_classes(train_images)
+        if len(classes) == 1:
+            log.info("all typed points are %r: training detection only", classes[0])
+            classes = ()
+    if classes:
+        log.info("training a classifier of %d cell classes: %s", len(classes), ", ".join(classes))
+    return replace(config, model=replace(config.model, classes=tuple(classes)))
+
+
+def prepare_run_images(
+    config: TrainConfig, dist: Distributed, *, fresh: bool, progress: bool
+) -> tuple[TrainConfig, dict[str, list[str]], dict[str, PreparedImage]]:
+    """The run's split and its training and validation images, encoded (rank 0 first, the
+    other processes then read its cache) and given the class and proximity targets the model
+    needs; a ``fresh`` run also fixes its class list here."""
+    pairs = pair_images_with_points(config.images, config.points)
+    if not pairs:
+        raise PointcellInputError(
+            f"no image in {config.images} has a points file in {config.points}"
+        )
+    split = resolve_split(config, sorted(p.stem for p in pairs))
+    needed = set(split["train"]) | set(split["val"])
+    if not dist.is_main:
+        dist.barrier()
+    wanted = [p for p in pairs if p.stem in needed]
+    prepared = prepare_dataset(config, wanted, progress=progress and dist.is_main)
+    if dist.is_main:
+        dist.barrier()
+    if fresh:
+        config = with_classes(config, [prepared[s] for s in split["train"]])
+    if config.model.classes:
+        radius = config.class_radius_um / config.working_mpp
+        prepared = {
+            stem: with_class_map(img, config.model.classes, radius_px=radius)
+            for stem, img in prepared.items()
+        }
+    if config.model.detection_head:
+        sigma = config.proximity_sigma_um / config.working_mpp
+        prepared = {s: with_proximity(img, sigma_px=sigma) for s, img in prepared.items()}
+    return config, split, prepared
