@@ -4,7 +4,8 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from pointcell.cli import _echo_image_summaries, main
+from pointcell.cli import main
+from pointcell.cli.predict import echo_image_summaries
 from pointcell.io.images import read_label_image
 from pointcell.io.predictions import PredictionSummary, class_summary
 
@@ -396,7 +397,7 @@ def test_image_summaries_report_classes_and_the_positive_index(capsys):
     names = ["positive"] * 3 + ["negative"] * 9 + ["lymphocyte"] * 4
     typed = PredictionSummary("ki67", 0.25, 16, 1.0, 0.5, 1.0, **class_summary(names))
     untyped = PredictionSummary("he", 0.25, 7, 1.0, 0.5, 1.0, roi_area_um2=2e5)
-    _echo_image_summaries([typed, untyped])
+    echo_image_summaries([typed, untyped])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["image", "cells", "model", "s", "post", "s"]
     assert lines[1].split() == ["ki67", "16", "1.00", "0.50"]

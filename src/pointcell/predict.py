@@ -39,7 +39,7 @@ from pointcell.io.slides import is_whole_slide, slide_stem
 from pointcell.masks import Cells
 from pointcell.postprocess import PostprocessParams, cells_within
 from pointcell.pretrained import DEFAULT_MODEL
-from pointcell.wsi import SlideSettings, SlideSummary, predict_slides
+from pointcell.wsi import SlideRun, SlideSettings, SlideSummary, predict_slides
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class PredictSettings:
     device: str = "auto"
     precision: Precision = "auto"
     slide: SlideSettings = SlideSettings()
+    slide_run: SlideRun = SlideRun()  # its device and precision are those above
     cluster: str | None = None
     workers: int | None = None
 
@@ -125,31 +126,45 @@ def predict_paths(
         )
     slide_summaries = []
     if slides:
-        slide_settings = replace(
-            settings.slide,
-            network_tile=settings.tile,
-            network_overlap=settings.overlap,
-            batch_size=settings.batch_size,
-            tta=settings.tta,
-            device=settings.device,
-            precision=settings.precision,
-        )
-        local = not (settings.cluster or settings.workers)
-        slide_summaries = predict_slides(
-            slides,
-            out,
-            model=settings.model,
-            cluster=settings.cluster,
-            workers=settings.workers,
-            predictor=predictor if local else None,
-            mpp=settings.mpp,
-            params=params,
-            settings=slide_settings,
-            rois=rois,
-            progress=progress,
-        )
-        write_summary(out, predictor.source, {"slides": asdict(slide_settings)}, slide_summaries)
+        slide_summaries = _predict_slides(slides, out, settings, predictor, params, rois, progress)
     return PredictionJob(image_summaries, slide_summaries)
+
+
+def _predict_slides(
+    slides: list[Path],
+    out: Path,
+    settings: PredictSettings,
+    predictor: Predictor,
+    params: PostprocessParams,
+    rois: dict[Path, BaseGeometry],
+    progress: bool,
+) -> list[SlideSummary]:
+    """The whole slides of :func:`predict_paths`, here or on Dask workers, recorded in
+    ``predictions.json`` with how they were tiled."""
+    slide_settings = replace(
+        settings.slide,
+        network_tile=settings.tile,
+        network_overlap=settings.overlap,
+        batch_size=settings.batch_size,
+        tta=settings.tta,
+    )
+    local = not (settings.cluster or settings.workers)
+    summaries = predict_slides(
+        slides,
+        out,
+        model=settings.model,
+        cluster=settings.cluster,
+        workers=settings.workers,
+        predictor=predictor if local else None,
+        mpp=settings.mpp,
+        params=params,
+        settings=slide_settings,
+        run=replace(settings.slide_run, device=settings.device, precision=settings.precision),
+        rois=rois,
+        progress=progress,
+    )
+    write_summary(out, predictor.source, {"slides": asdict(slide_settings)}, summaries)
+    return summaries
 
 
 def _cells_in_roi(cells: Cells, roi: BaseGeometry, path: Path, shape: tuple[int, ...]) -> Cells:

@@ -1,0 +1,65 @@
+"""``pointcell labels``: look at the training targets the clicks become."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from pointcell.cli.options import (
+    Command,
+    encoding_options,
+    mpp_option,
+    output_folder_option,
+    seed_option,
+)
+
+if TYPE_CHECKING:
+    from pointcell.encodings import ClusteringMode, FloorFusion, UnclickedMode
+
+
+@click.command(cls=Command)
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Image file or folder (PNG, JPEG, TIFF).",
+)
+@click.option(
+    "--points",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Points file or folder (CSV, GeoJSON, Aperio XML or label masks), "
+    "matched to images by file name.",
+)
+@output_folder_option()
+@mpp_option
+@click.option("--clip", is_flag=True, help="Drop points outside the image instead of failing.")
+@encoding_options
+@seed_option("Seed of the global k-means (--clustering global).")
+def labels(
+    images: Path,
+    points: Path,
+    out: Path,
+    mpp: float | None,
+    clip: bool,
+    clustering: ClusteringMode,
+    unclicked: UnclickedMode,
+    fuse_floor: FloorFusion,
+    seed: int,
+) -> None:
+    """Encode point labels as Voronoi, cluster and repel label maps, with overlays."""
+    from pointcell.encodings import EncodingParams
+    from pointcell.labels import write_labels
+
+    params = EncodingParams(
+        clustering=clustering, unclicked=unclicked, fuse_floor=fuse_floor, seed=seed
+    )
+    summaries = write_labels(images, points, out, mpp=mpp, clip=clip, params=params)
+    for s in summaries:
+        click.echo(
+            f"{s.stem}: {s.n_points} points, nucleus {s.nucleus_fraction:.1%}, "
+            f"ignored {s.ignore_fraction:.1%}"
+        )
+    click.echo(f"wrote label maps of {len(summaries)} image(s) to {out}")

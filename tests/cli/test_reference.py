@@ -1,0 +1,56 @@
+"""The command line's documentation and start-up: docs/cli.md matches the commands, every
+option says its default, experimental options are set apart, and importing the command line
+stays light."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from pointcell.cli import main
+from pointcell.cli.options import ExperimentalOption
+from pointcell.cli.reference import command_help, render_markdown
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+
+
+def test_docs_cli_md_is_the_commands_own_help():
+    assert DOCS.read_text(encoding="utf-8") == render_markdown(), (
+        "docs/cli.md is out of date: python -m pointcell.cli.reference > docs/cli.md"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_every_option_says_its_default(name):
+    for param in main.commands[name].params:
+        if not isinstance(param, click.Option) or param.is_flag or param.required:
+            continue
+        text = (param.help or "").lower()
+        told = param.show_default or "default" in text or "required unless" in text
+        assert told, f"pointcell {name} {param.opts[0]}: the help does not say its default"
+
+
+def test_experimental_options_are_listed_apart():
+    text = command_help(main, "predict")
+    regular, experimental = text.split("Experimental options")
+    assert "--adapt-norm" in experimental and "--adapt-norm" not in regular
+    assert "--tta" in regular and "--tta" not in experimental
+    marked = {
+        p.name
+        for c in main.commands.values()
+        for p in c.params
+        if isinstance(p, ExperimentalOption)
+    }
+    assert {"adapt_norm", "detection_head", "fuse_floor", "min_proximity"} <= marked
+
+
+def test_importing_the_command_line_imports_no_heavy_library():
+    code = (
+        "import sys, pointcell.cli; "
+        "print(sorted(m for m in ('torch', 'sklearn', 'dask', 'distributed') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
