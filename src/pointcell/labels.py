@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from pointcell.encodings import IGNORE, NUCLEUS, EncodingParams, encode
+from pointcell.encodings import IGNORE, NUCLEUS, EncodingParams, Encodings, encode
 from pointcell.errors import PointcellInputError
 from pointcell.io.images import (
     read_image,
@@ -56,24 +59,35 @@ def write_labels(
     if not pairs:
         raise PointcellInputError(f"no image with a points file in {images}: nothing to encode")
     summaries = []
-    for pair in tqdm(pairs, desc="encoding", unit="image", disable=not progress):
-        image = read_image(pair.image)
-        pixel_size = resolve_mpp(image, mpp)
-        pts = read_points(pair.points, image_shape=image.shape, clip=clip)
-        enc = encode(image.pixels, pts.xy, mpp=pixel_size, params=params)
-        write_label_png(out / "voronoi" / f"{pair.stem}.png", enc.voronoi)
-        write_label_png(out / "cluster" / f"{pair.stem}.png", enc.cluster)
-        write_float_tiff(out / "repel" / f"{pair.stem}.tif", enc.filtered_repel)
-        write_rgb_png(
-            out / "overlay" / f"{pair.stem}.png", encodings_overlay(image.pixels, pts.xy, enc)
-        )
-        summaries.append(
-            LabelSummary(
-                stem=pair.stem,
-                n_points=len(pts),
-                mpp=pixel_size,
-                nucleus_fraction=float((enc.cluster == NUCLEUS).mean()),
-                ignore_fraction=float((enc.cluster == IGNORE).mean()),
+    # files are compressed and written in a second thread while the next image is encoded
+    with ThreadPoolExecutor(1) as writer:
+        pending: deque[Future[None]] = deque()
+        for pair in tqdm(pairs, desc="encoding", unit="image", disable=not progress):
+            image = read_image(pair.image)
+            pixel_size = resolve_mpp(image, mpp)
+            pts = read_points(pair.points, image_shape=image.shape, clip=clip)
+            enc = encode(image.pixels, pts.xy, mpp=pixel_size, params=params)
+            pending.append(writer.submit(_write_maps, out, pair.stem, image.pixels, pts.xy, enc))
+            while len(pending) > 1:
+                pending.popleft().result()
+            summaries.append(
+                LabelSummary(
+                    stem=pair.stem,
+                    n_points=len(pts),
+                    mpp=pixel_size,
+                    nucleus_fraction=float((enc.cluster == NUCLEUS).mean()),
+                    ignore_fraction=float((enc.cluster == IGNORE).mean()),
+                )
             )
-        )
+        for future in pending:
+            future.result()
     return summaries
+
+
+def _write_maps(
+    out: Path, stem: str, pixels: np.ndarray, points_xy: np.ndarray, enc: Encodings
+) -> None:
+    write_label_png(out / "voronoi" / f"{stem}.png", enc.voronoi)
+    write_label_png(out / "cluster" / f"{stem}.png", enc.cluster)
+    write_float_tiff(out / "repel" / f"{stem}.tif", enc.filtered_repel)
+    write_rgb_png(out / "overlay" / f"{stem}.png", encodings_overlay(pixels, points_xy, enc))

@@ -170,9 +170,11 @@ def write_label_png(path: str | os.PathLike[str], labels: np.ndarray) -> None:
 
 
 def write_rgb_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 image as PNG, atomically."""
+    """Write an (H, W, 3) uint8 image as PNG, atomically; fast zlib level 1 (these are
+    pictures to look at: 4x faster to write than level 6, ~15% larger)."""
     with atomic_output(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
+        image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+        image.save(tmp, format="PNG", compress_level=1)
 
 
 def write_float_tiff(path: str | os.PathLike[str], values: np.ndarray) -> None:
