@@ -98,10 +98,11 @@ def small_checkpoint_state() -> dict:
     }
 
 
-@pytest.fixture
-def small_checkpoint(tmp_path) -> Path:
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """One untrained small model file for every test that needs a model (read only)."""
     from pointcell.io.checkpoints import save_checkpoint
 
-    path = tmp_path / "small.pt"
+    path = tmp_path_factory.mktemp("checkpoint") / "small.pt"
     save_checkpoint(path, small_checkpoint_state())
     return path

@@ -72,6 +72,12 @@ def test_prepare_resamples_to_the_working_pixel_size(disk_dataset):
     pair = pair_images_with_points(disk_dataset / "images", disk_dataset / "points")[0]
     prepared = prepare_image(pair, working_mpp=1.0, params=EncodingParams())
     assert prepared.image.shape == (48, 48, 3) == prepared.cluster.shape + (3,)
+    clicks = np.loadtxt(pair.points, delimiter=",", skiprows=1)
+    # half the pixels: pixel centres map as (x + 0.5) / 2 - 0.5
+    np.testing.assert_allclose(prepared.points_xy, (clicks + 0.5) / 2 - 0.5, atol=1e-6)
+    cols, rows = np.rint(prepared.points_xy).astype(int).T
+    assert (prepared.cluster[rows, cols] == 1).all()  # each click sits on its nucleus
+    assert prepared.image[rows, cols].mean() < prepared.image.mean() - 40  # dark disks
 
 
 def labelled_image(size=64):

@@ -121,8 +121,15 @@ def test_tta_leaves_an_orientation_free_network_unchanged():
 
 def test_predict_image_returns_the_input_size():
     predictor = pixelwise_predictor()
-    image = np.full((101, 67, 3), 128, np.uint8)
-    assert predict_image(predictor, image, mpp=0.25).shape == (101, 67)
+    image = np.full((101, 68, 3), 40, np.uint8)
+    image[:, 34:] = 220  # a dark left half, a light right half
+    probability = predict_image(predictor, image, mpp=0.25)  # half size to the network
+    assert probability.shape == (101, 68)
+    left = predict_probability(predictor, image[:8, :8], tile=64, overlap=0)[0, 0]
+    right = predict_probability(predictor, image[:8, -8:], tile=64, overlap=0)[0, 0]
+    assert abs(left - right) > 0.01  # the halves differ, so the edge can be located
+    np.testing.assert_allclose(probability[:, :30], left, atol=1e-5)
+    np.testing.assert_allclose(probability[:, 38:], right, atol=1e-5)
 
 
 def test_bad_tiling_arguments():

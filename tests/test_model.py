@@ -38,11 +38,16 @@ def test_local_encoder_weights_are_loaded(tmp_path):
 
 
 def test_classification_network_weights_with_head_are_accepted(tmp_path):
-    state = {f"module.{k}": v for k, v in build_model(SMALL).encoder.state_dict().items()}
+    encoder = build_model(SMALL).encoder.state_dict()
+    state = {f"module.{k}": torch.full_like(v, 0.25) for k, v in encoder.items()}
     state["fc.weight"] = torch.zeros(1000, 512)
     state["fc.bias"] = torch.zeros(1000)
     torch.save({"state_dict": state}, tmp_path / "resnet18.pth")
-    build_model(SMALL, encoder_weights=str(tmp_path / "resnet18.pth"))
+    net = build_model(SMALL, encoder_weights=str(tmp_path / "resnet18.pth"))
+    loaded = net.encoder.state_dict()
+    for name in ("conv1.weight", "layer4.1.bn2.running_var"):  # the "module." prefix is gone
+        assert torch.all(loaded[name] == 0.25), name
+    assert "fc.weight" not in loaded  # the classification head is dropped
 
 
 def test_bad_weight_files_give_clear_errors(tmp_path):

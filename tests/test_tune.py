@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from pointcell.cli import main
 from pointcell.errors import PointcellInputError
-from pointcell.inference import load_predictor
+from pointcell.inference import load_predictor, predict_image_maps
+from pointcell.io.images import read_image
 from pointcell.postprocess import PostprocessParams
 from pointcell.tune import (
     DISTANCE_GRID,
@@ -124,8 +125,11 @@ def test_predict_clicked_pairs_maps_with_clicks(small_checkpoint, disk_dataset):
     items = predict_clicked(predictor, held_out, progress=False)
     assert [i.stem for i in items] == ["img0", "img1", "img2"]
     for item in items:
-        assert item.maps.shape == (1, 96, 96)
-        assert item.clicks_xy.shape == (6, 2)
+        clicks = np.loadtxt(disk_dataset / "points" / f"{item.stem}.csv", delimiter=",", skiprows=1)
+        np.testing.assert_allclose(item.clicks_xy, clicks)
+        image = read_image(disk_dataset / "images" / f"{item.stem}.tif").pixels
+        expected = predict_image_maps(predictor, image, mpp=0.5)
+        np.testing.assert_allclose(item.maps, expected, atol=1e-6)
         assert item.mpp == pytest.approx(0.5)
     some = replace(held_out, stems=("img2",), mpp=0.25)
     (item,) = predict_clicked(predictor, some, progress=False)

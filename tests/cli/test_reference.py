@@ -54,3 +54,11 @@ def test_importing_the_command_line_imports_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_readme_is_a_short_manual_linking_the_docs():
+    root = DOCS.parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    for name in ("docs/cli.md", "docs/method.md", "docs/results.md"):
+        assert f"({name}" in readme and (root / name).is_file(), name
