@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, provenance, write_result  # noqa: E402
-from classes import CRC_MPP, RUNS, cli, predict_and_evaluate  # noqa: E402
+from _runs import CRC_MPP, RUNS, cli, predict_and_evaluate  # noqa: E402
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, monuseg_dir, provenance, write_result  # noqa: E402
-from classes import (  # noqa: E402
+from _runs import (  # noqa: E402
     KI67_MPP,
     RUNS,
     predict_and_evaluate,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, monuseg_dir, provenance, write_result  # noqa: E402
-from classes import (  # noqa: E402
+from _runs import (  # noqa: E402
     CRC_MPP,
     KI67_MPP,
     REUSED,

@@ -230,7 +230,6 @@ def evaluate(
     report = EvaluationReport()
     pooled = DetectionScores(0, 0, 0)
     pooled_errors = DetectionErrors(0, 0, 0, 0, 0)
-    counts_true, counts_pred = [], []
     offsets = []  # true - predicted centre of every matched pair, in pixels
     typed: dict[str, _TypedImage] = {}
     for stem, pred_path, gt_path in pairs.matched:
@@ -250,14 +249,29 @@ def evaluate(
         if truth.labels is not None:
             row.update(segmentation_scores(truth.labels, labels).to_dict())
         report.per_image[stem] = row
-        counts_true.append(len(truth.points_xy))
-        counts_pred.append(len(points))
         if truth.point_classes is not None and (truth.point_classes != "").any():
             typed[stem] = _TypedImage(
                 truth.points_xy, truth.point_classes, points, pred_classes, radius, matched
             )
     if not any((image.pred_classes != "").any() for image in typed.values()):
         typed = {}  # predictions without classes: detection metrics only
+    missing = len(pairs.unpredicted)
+    _aggregate(report, pooled, pooled_errors, np.concatenate(offsets), radius_um, missing)
+    if typed:
+        _class_report(report, typed)
+    return report
+
+
+def _aggregate(
+    report: EvaluationReport,
+    pooled: DetectionScores,
+    pooled_errors: DetectionErrors,
+    offsets: np.ndarray,
+    radius_um: float,
+    n_unpredicted: int,
+) -> None:
+    """The report's aggregate: segmentation means over images, detection pooled over cells,
+    the count CCC across images."""
     for key in SEGMENTATION_KEYS:
         values = [r[key] for r in report.per_image.values() if key in r]
         if values:
@@ -265,15 +279,14 @@ def evaluate(
     report.aggregate.update({f"det_{k}": v for k, v in pooled.to_dict().items()})
     report.aggregate.update({f"det_{k}": v for k, v in pooled_errors.to_dict().items()})
     report.aggregate["n_images"] = len(report.per_image)
-    report.aggregate["n_gt_without_prediction"] = len(pairs.unpredicted)
-    _check_offset(report, np.concatenate(offsets))
+    report.aggregate["n_gt_without_prediction"] = n_unpredicted
+    _check_offset(report, offsets)
     report.aggregate["radius_um"] = radius_um
+    counts_true = [row["n_true"] for row in report.per_image.values()]
+    counts_pred = [row["n_pred"] for row in report.per_image.values()]
     if len(counts_true) >= 2:
         ccc = concordance(counts_true, counts_pred)
         report.aggregate.update(count_ccc=ccc.ccc, count_ccc_low=ccc.low, count_ccc_high=ccc.high)
-    if typed:
-        _class_report(report, typed)
-    return report
 
 
 def _check_offset(report: EvaluationReport, offsets: np.ndarray) -> None:

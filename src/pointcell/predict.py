@@ -234,51 +234,69 @@ def predict_images(
         "images": {},
     }
     write_record(out, record)
+    tiling = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "tta": tta}
     for path in tqdm(paths, desc="predicting", unit="image", disable=not progress):
-        loaded = read_image(path)
-        pixel_size = resolve_mpp(loaded, mpp, working_mpp=predictor.working_mpp)
-        start = time.perf_counter()
-        maps = predict_image_maps(
+        summary = _predict_one(
             predictor,
-            loaded.pixels,
-            mpp=pixel_size,
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            tta=tta,
+            path,
+            out,
+            mpp=mpp,
+            params=params,
+            roi=(rois or {}).get(path),
+            tiling=tiling,
+            save_probability=save_probability,
+            overlay=overlay,
             progress=progress,
         )
-        modelled = time.perf_counter()
-        cells = cells_from_maps(predictor, maps, mpp=pixel_size, params=params)
-        roi = (rois or {}).get(path)
-        if roi is not None:
-            cells = _cells_in_roi(cells, roi, path, loaded.pixels.shape[:2])
-        done = time.perf_counter()
-        stem = slide_stem(path)
-        write_prediction(
-            out,
-            stem,
-            loaded.pixels,
-            cells,
-            mpp=pixel_size,
-            probability=maps[0] if save_probability else None,
-            overlay=overlay,
-            classes=predictor.classes,
-            roi=roi,
-        )
-        summaries.append(
-            PredictionSummary(
-                stem,
-                pixel_size,
-                len(cells.xy),
-                modelled - start,
-                done - modelled,
-                loaded.pixels.shape[0] * loaded.pixels.shape[1] / 1e6,
-                **class_summary(cell_class_names(cells, predictor.classes) or []),
-                roi_area_um2=None if roi is None else roi.area * pixel_size**2,
-            )
-        )
+        summaries.append(summary)
         record["images"] = {s.stem: asdict(s) for s in summaries}
         write_record(out, record)
     write_record(out, {**record, "complete": True})
     return summaries
+
+
+def _predict_one(
+    predictor: Predictor,
+    path: Path,
+    out: Path,
+    *,
+    mpp: float | None,
+    params: PostprocessParams,
+    roi: BaseGeometry | None,
+    tiling: dict[str, Any],
+    save_probability: bool,
+    overlay: bool,
+    progress: bool,
+) -> PredictionSummary:
+    """One image of :func:`predict_images`: predicted, post-processed and written."""
+    loaded = read_image(path)
+    pixel_size = resolve_mpp(loaded, mpp, working_mpp=predictor.working_mpp)
+    start = time.perf_counter()
+    maps = predict_image_maps(predictor, loaded.pixels, mpp=pixel_size, progress=progress, **tiling)
+    modelled = time.perf_counter()
+    cells = cells_from_maps(predictor, maps, mpp=pixel_size, params=params)
+    if roi is not None:
+        cells = _cells_in_roi(cells, roi, path, loaded.pixels.shape[:2])
+    done = time.perf_counter()
+    stem = slide_stem(path)
+    write_prediction(
+        out,
+        stem,
+        loaded.pixels,
+        cells,
+        mpp=pixel_size,
+        probability=maps[0] if save_probability else None,
+        overlay=overlay,
+        classes=predictor.classes,
+        roi=roi,
+    )
+    return PredictionSummary(
+        stem,
+        pixel_size,
+        len(cells.xy),
+        modelled - start,
+        done - modelled,
+        loaded.pixels.shape[0] * loaded.pixels.shape[1] / 1e6,
+        **class_summary(cell_class_names(cells, predictor.classes) or []),
+        roi_area_um2=None if roi is None else roi.area * pixel_size**2,
+    )

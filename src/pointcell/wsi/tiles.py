@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections import deque
@@ -161,32 +162,9 @@ def process_tiles(
     single-threaded Dask worker on a CPU should do: there the workers are the parallelism).
     """
     times = StageTimes()
-    parts = Path(job.parts)
     settings = job.settings
-
-    def load(task: TileTask) -> tuple[Region, float]:
-        start = time.perf_counter()
-        region = read_region(
-            slide, job.level, task, working_mpp=predictor.working_mpp, margin=settings.margin
-        )
-        return region, time.perf_counter() - start
-
-    def finish(task: TileTask, region: Region, maps: np.ndarray) -> tuple[int, float, float]:
-        start = time.perf_counter()
-        cells = owned_cells(
-            maps,
-            region,
-            task,
-            predictor=predictor,
-            level0_mpp=slide.mpp,
-            params=job.params,
-            roi=job.roi,
-        )
-        posted = time.perf_counter()
-        with atomic_output(part_path(parts, task.index)) as tmp:
-            tmp.write_text(json.dumps({"tile": task.index, "cells": cells}), encoding="utf-8")
-        return len(cells), posted - start, time.perf_counter() - posted
-
+    load = functools.partial(_load_tile, job, slide, predictor)
+    finish = functools.partial(_finish_tile, job, slide, predictor)
     with _executor(overlap_stages) as reader, _executor(overlap_stages) as writer:
         reads = deque(reader.submit(load, task) for task in tasks[:prefetch])
         following = iter(tasks[prefetch:])
@@ -214,6 +192,41 @@ def process_tiles(
         while writes:
             _collect(writes.popleft().result(), times, on_tile)
     return times
+
+
+def _load_tile(
+    job: SlideJob, slide: Slide, predictor: Predictor, task: TileTask
+) -> tuple[Region, float]:
+    """A tile with its margin at the working pixel size, and the seconds reading took."""
+    start = time.perf_counter()
+    margin = job.settings.margin
+    region = read_region(slide, job.level, task, working_mpp=predictor.working_mpp, margin=margin)
+    return region, time.perf_counter() - start
+
+
+def _finish_tile(
+    job: SlideJob,
+    slide: Slide,
+    predictor: Predictor,
+    task: TileTask,
+    region: Region,
+    maps: np.ndarray,
+) -> tuple[int, float, float]:
+    """Post-process a tile's maps and write its part file: cells, seconds of each stage."""
+    start = time.perf_counter()
+    cells = owned_cells(
+        maps,
+        region,
+        task,
+        predictor=predictor,
+        level0_mpp=slide.mpp,
+        params=job.params,
+        roi=job.roi,
+    )
+    posted = time.perf_counter()
+    with atomic_output(part_path(Path(job.parts), task.index)) as tmp:
+        tmp.write_text(json.dumps({"tile": task.index, "cells": cells}), encoding="utf-8")
+    return len(cells), posted - start, time.perf_counter() - posted
 
 
 class _InlineExecutor:
