@@ -17,7 +17,6 @@ from sklearn.cluster import KMeans
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from _common import monuseg_dir, provenance, write_result  # noqa: E402
-from pointcell.data import resample  # noqa: E402
 from pointcell.encodings import (  # noqa: E402
     EncodingParams,
     cluster_features,
@@ -28,6 +27,7 @@ from pointcell.encodings import (  # noqa: E402
     voronoi_label,
 )
 from pointcell.io import read_image, read_points  # noqa: E402
+from pointcell.targets import resample  # noqa: E402
 
 MPP = 0.25
 WORKING_MPP = 0.5

@@ -18,10 +18,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import monuseg_dir, provenance, write_result  # noqa: E402
-from pointcell.data import resample  # noqa: E402
 from pointcell.inference import load_predictor, predict_image  # noqa: E402
 from pointcell.io import read_image  # noqa: E402
 from pointcell.postprocess import postprocess  # noqa: E402
+from pointcell.targets import resample  # noqa: E402
 
 MPP = 0.25
 

@@ -22,7 +22,6 @@ from skimage.transform import resize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import monuseg_dir, provenance, write_result  # noqa: E402
-from pointcell.data import resample  # noqa: E402
 from pointcell.encodings import (  # noqa: E402
     IGNORE,
     NUCLEUS,
@@ -34,6 +33,7 @@ from pointcell.encodings import (  # noqa: E402
 from pointcell.io import read_image, read_points  # noqa: E402
 from pointcell.io.images import read_label_image  # noqa: E402
 from pointcell.metrics import aggregated_jaccard  # noqa: E402
+from pointcell.targets import resample  # noqa: E402
 
 MPP = 0.25
 WORKING_MPP = 0.5

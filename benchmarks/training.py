@@ -17,11 +17,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_name, provenance, write_result  # noqa: E402
-from pointcell.data import PatchSampler, channel_stats, prepare_image  # noqa: E402
+from pointcell.data import PatchSampler, channel_stats  # noqa: E402
 from pointcell.encodings import EncodingParams  # noqa: E402
 from pointcell.io.pairing import pair_images_with_points  # noqa: E402
 from pointcell.model import ModelConfig  # noqa: E402
 from pointcell.sample import sample_dir  # noqa: E402
+from pointcell.targets import prepare_image  # noqa: E402
 from pointcell.train import TrainConfig, Trainer  # noqa: E402
 
 

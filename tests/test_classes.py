@@ -12,7 +12,6 @@ from pointcell.data import (
     class_target,
     hed_densities,
     hed_jitter,
-    point_class_names,
     rgb_from_hed_densities,
 )
 from pointcell.encodings import IGNORE
@@ -27,6 +26,7 @@ from pointcell.metrics import class_match_counts, positive_percentage, proportio
 from pointcell.model import ModelConfig, build_model
 from pointcell.postprocess import classify
 from pointcell.predict import predict_images
+from pointcell.targets import point_class_names
 from pointcell.train import TrainConfig, adapt_output_head, fit
 
 BROWN = (150, 90, 40)  # DAB-positive nucleus

@@ -5,19 +5,18 @@ import pytest
 import torch
 
 from pointcell import data as data_module
+from pointcell import targets as targets_module
 from pointcell.data import (
     AugmentParams,
     PatchSampler,
-    PreparedImage,
     channel_stats,
-    prepare_image,
     proximity_target,
-    resample,
     split_stems,
     with_proximity,
 )
 from pointcell.encodings import IGNORE, EncodingParams
 from pointcell.io.pairing import pair_images_with_points
+from pointcell.targets import PreparedImage, prepare_image, resample
 
 
 def test_resample_halves_and_keeps_points_on_their_pixels():
@@ -56,7 +55,7 @@ def test_encodings_are_cached_and_invalidated(disk_dataset, tmp_path, monkeypatc
     def fail(*args, **kwargs):
         raise AssertionError("encode should not run on a cache hit")
 
-    monkeypatch.setattr(data_module, "encode", fail)
+    monkeypatch.setattr(targets_module, "encode", fail)
     again = prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
     np.testing.assert_array_equal(again.cluster, first.cluster)
     with pytest.raises(AssertionError, match="cache hit"):  # a parameter changed

@@ -172,10 +172,10 @@ def test_tile_size_barely_changes_the_shipped_model(sample, tile):
     """A real U-Net sees other context near seams, so tilings agree within a tolerance, not
     bit for bit. With the default 128 px overlap, against one whole-image pass (measured:
     256 px tiles max |dp| 0.014, 0.02% of mask pixels flipped; 384 px tiles max 0.002)."""
-    from pointcell.data import resample
     from pointcell.io.images import read_image
     from pointcell.metrics import detection_scores
     from pointcell.postprocess import postprocess
+    from pointcell.targets import resample
 
     crops = [read_image(p).pixels for p in sorted((sample / "images").glob("*.tif"))]
     rows = [np.concatenate([crops[(i + j) % 2] for j in range(4)], axis=1) for i in range(4)]

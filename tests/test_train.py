@@ -7,20 +7,14 @@ import torch
 
 from conftest import make_disks
 from pointcell import train as train_module
-from pointcell.data import (
-    NO_AUGMENT,
-    PatchSampler,
-    PreparedImage,
-    channel_stats,
-    point_class_names,
-    with_proximity,
-)
+from pointcell.data import NO_AUGMENT, PatchSampler, channel_stats, with_proximity
 from pointcell.encodings import encode
 from pointcell.errors import PointcellInputError
 from pointcell.inference import cells_from_maps, load_predictor, predict_maps
 from pointcell.io.checkpoints import load_checkpoint
 from pointcell.metrics import detection_scores
 from pointcell.model import ModelConfig, build_model
+from pointcell.targets import PreparedImage, point_class_names
 from pointcell.train import (
     TrainConfig,
     Trainer,
@@ -432,7 +426,7 @@ def test_split_files_take_comments_and_test_groups_and_refuse_the_rest():
         steps=1,
         split={"_source": "Kumar", "train": ["a", "b"], "val": ["c"], "test_same_organ": ["d"]},
     )
-    assert resolve_split(config, ["a", "b", "c", "d"]) == {
+    assert resolve_split(config, {s: s for s in "abcd"}) == {
         "train": ["a", "b"],
         "val": ["c"],
         "test": ["d"],
@@ -445,5 +439,5 @@ def test_split_files_take_comments_and_test_groups_and_refuse_the_rest():
     ):
         with pytest.raises(PointcellInputError, match=words):
             resolve_split(
-                TrainConfig(images="i", points="p", steps=1, split=bad), ["a", "b", "c", "d"]
+                TrainConfig(images="i", points="p", steps=1, split=bad), {s: s for s in "abcd"}
             )

@@ -1,66 +1,26 @@
-"""Training data: images and points -> cached encodings at a working pixel size -> batches.
+"""Training data: class and proximity targets, the split, and augmented batches.
 
-Each image is resampled to the working pixel size (default 0.5 µm/px, the paper's) so that 20x
-and 40x scans train together, encoded once, and cached on disk under a key made of the image
-and points file contents and every encoding parameter. Batches are random patches with
-augmentation; everything random about step ``i`` comes from a generator seeded with
-``(seed, i)``, so a resumed run draws exactly the batches an uninterrupted run would.
+The images and their encodings come from :mod:`pointcell.targets` (read, resampled, encoded
+and cached). Batches are random patches with augmentation; everything random about step ``i``
+comes from a generator seeded with ``(seed, i)``, so a resumed run draws exactly the batches an
+uninterrupted run would.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import math
-import os
-import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from skimage.color import hed_from_rgb as HED_FROM_RGB
 from skimage.color import rgb_from_hed as RGB_FROM_HED
-from skimage.transform import resize
 
-from pointcell.encodings import CLASS_IGNORE, IGNORE, EncodingParams, encode, nearest_points
+from pointcell.encodings import CLASS_IGNORE, IGNORE, nearest_points
 from pointcell.errors import PointcellInputError
-from pointcell.io.atomic import atomic_output
-from pointcell.io.images import read_image, resolve_mpp
-from pointcell.io.pairing import ImagePointsPair
-from pointcell.io.points import read_points
-
-log = logging.getLogger(__name__)
-CACHE_VERSION = 6
-UNTYPED = ("", "unlabelled", "unlabeled", "unknown")  # class names that carry no class
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """An image and its encodings at the working pixel size; arrays are (H, W[, 3])."""
-
-    stem: str
-    image: np.ndarray  # uint8 RGB
-    voronoi: np.ndarray  # uint8 labels
-    cluster: np.ndarray  # uint8 labels
-    repel: np.ndarray  # float32 filtered repel
-    points_xy: np.ndarray  # (N, 2) clicks at the working pixel size
-    point_classes: np.ndarray  # (N,) class name of each click, "" when untyped
-    class_map: np.ndarray | None = None  # uint8 class index near typed clicks, else CLASS_IGNORE
-    proximity: np.ndarray | None = None  # float32 proximity to the clicks (detection head)
-
-    @property
-    def n_points(self) -> int:
-        return len(self.points_xy)
-
-
-def point_class_names(classes: Sequence[str | None]) -> np.ndarray:
-    """Class names as an array, with every untyped spelling (None, "unlabelled"...) as ""."""
-    names = ["" if c is None or c.strip().lower() in UNTYPED else c.strip() for c in classes]
-    return np.array(names, dtype=str).reshape(-1)
+from pointcell.targets import PreparedImage
 
 
 def class_target(
@@ -114,95 +74,6 @@ def with_proximity(img: PreparedImage, *, sigma_px: float) -> PreparedImage:
     """The image with its proximity target."""
     target = proximity_target(img.image.shape[:2], img.points_xy, sigma_px=sigma_px)
     return replace(img, proximity=target)
-
-
-def resample(
-    image: np.ndarray, points_xy: np.ndarray, factor: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Resize an RGB image by ``factor`` (anti-aliased) and move the points with it."""
-    if math.isclose(factor, 1.0, rel_tol=1e-3):
-        return image, points_xy
-    shape = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
-    scaled = resize(image, shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
-    real = (shape[0] / image.shape[0], shape[1] / image.shape[1])
-    xy = (points_xy + 0.5) * np.array([real[1], real[0]]) - 0.5  # pixel centres stay centres
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), xy
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cache_key(
-    pair: ImagePointsPair, *, mpp: float, working_mpp: float, params: EncodingParams, clip: bool
-) -> str:
-    """Key of a cached encoding: file contents and every parameter that changes the result."""
-    recipe = {
-        "image": _file_digest(pair.image),
-        "points": _file_digest(pair.points),
-        "mpp": mpp,
-        "working_mpp": working_mpp,
-        "params": params.to_dict(),
-        "clip": clip,
-        "version": CACHE_VERSION,
-    }
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def prepare_image(
-    pair: ImagePointsPair,
-    *,
-    working_mpp: float,
-    params: EncodingParams,
-    mpp: float | None = None,
-    clip: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> PreparedImage:
-    """Read, resample and encode one image, using the on-disk cache when it is up to date."""
-    image = read_image(pair.image)
-    pixel_size = resolve_mpp(image, mpp, working_mpp=working_mpp)
-    cached = None
-    if cache_dir is not None:
-        key = cache_key(pair, mpp=pixel_size, working_mpp=working_mpp, params=params, clip=clip)
-        cached = Path(cache_dir) / f"{pair.stem}-{key}.npz"
-        if cached.is_file():
-            try:
-                with np.load(cached) as data:
-                    return PreparedImage(
-                        pair.stem,
-                        data["image"],
-                        data["voronoi"],
-                        data["cluster"],
-                        data["repel"],
-                        data["points_xy"],
-                        data["point_classes"],
-                    )
-            except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-                log.warning("ignoring unreadable cache file %s", cached)
-    points = read_points(pair.points, image_shape=image.shape, clip=clip)
-    pixels, xy = resample(image.pixels, points.xy, pixel_size / working_mpp)
-    enc = encode(pixels, xy, mpp=working_mpp, params=params)
-    prepared = PreparedImage(
-        pair.stem,
-        pixels,
-        enc.voronoi,
-        enc.cluster,
-        enc.filtered_repel,
-        xy,
-        point_class_names(points.classes),
-    )
-    if cached is not None:
-        with atomic_output(cached) as tmp:
-            np.savez(
-                tmp,
-                image=prepared.image,
-                voronoi=prepared.voronoi,
-                cluster=prepared.cluster,
-                repel=prepared.repel,
-                points_xy=prepared.points_xy,
-                point_classes=prepared.point_classes,
-            )
-    return prepared
 
 
 def split_stems(

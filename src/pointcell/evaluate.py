@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pointcell.checks import check_positive
-from pointcell.data import point_class_names
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.atomic import atomic_output
 from pointcell.io.cells import polygon_pixels
@@ -42,6 +41,7 @@ from pointcell.metrics import (
     segmentation_scores,
     systematic_offset,
 )
+from pointcell.targets import point_class_names
 
 DEFAULT_RADIUS_UM = 3.0
 SEGMENTATION_KEYS = ("accuracy", "f1", "dice", "aji", "dq", "sq", "pq")

@@ -21,7 +21,6 @@ import torch
 from skimage.transform import resize
 from tqdm.auto import tqdm
 
-from pointcell.data import resample
 from pointcell.device import Precision, autocast_dtype, select_device
 from pointcell.errors import PointcellInputError
 from pointcell.io.checkpoints import load_checkpoint
@@ -36,6 +35,7 @@ from pointcell.model import (
 )
 from pointcell.postprocess import PostprocessParams, classify, postprocess
 from pointcell.pretrained import cast_state_to_float, resolve_checkpoint
+from pointcell.targets import resample
 
 
 @dataclass

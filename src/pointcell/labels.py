@@ -8,10 +8,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from pointcell.encodings import IGNORE, NUCLEUS, EncodingParams, Encodings, encode
+from pointcell.encodings import IGNORE, NUCLEUS, EncodingParams, Encodings
 from pointcell.errors import PointcellInputError
 from pointcell.io.images import (
     read_image,
@@ -21,8 +20,10 @@ from pointcell.io.images import (
     write_rgb_png,
 )
 from pointcell.io.pairing import pair_images_with_points
-from pointcell.io.points import read_points
+from pointcell.io.slides import open_slide
 from pointcell.overlay import encodings_overlay
+from pointcell.regions import NEIGHBOURHOOD_UM, LabelSource, label_sources
+from pointcell.targets import PreparedImage, encode_slide_region, encode_tile
 
 LABEL_FOLDERS = ("voronoi", "cluster", "repel", "overlay")
 
@@ -46,37 +47,39 @@ def write_labels(
     mpp: float | None = None,
     clip: bool = False,
     params: EncodingParams = EncodingParams(),
+    roi: str | os.PathLike[str] | None = None,
+    neighbourhood_um: float = NEIGHBOURHOOD_UM,
     progress: bool = True,
 ) -> list[LabelSummary]:
     """Encode every image/points pair and write ``out/{voronoi,cluster,repel,overlay}/<stem>``.
 
     Voronoi and cluster labels are 8-bit PNGs (0 background, 1 nucleus, 2 ignore), the filtered
     repel code a float32 TIFF (-1 where the repel loss skips the pixel), the overlay an RGB
-    PNG. Each file appears atomically.
+    PNG. Each file appears atomically. A whole slide gives one set per training region,
+    ``<slide>_r<k>``, the size of the region's bounding box at level-0 resolution (see
+    :mod:`pointcell.regions`); it is never read whole.
     """
     out = Path(out)
     pairs = pair_images_with_points(images, points)
     if not pairs:
         raise PointcellInputError(f"no image with a points file in {images}: nothing to encode")
+    sources = label_sources(pairs, mpp=mpp, clip=clip, roi=roi, neighbourhood_um=neighbourhood_um)
     summaries = []
     # files are compressed and written in a second thread while the next image is encoded
     with ThreadPoolExecutor(1) as writer:
         pending: deque[Future[None]] = deque()
-        for pair in tqdm(pairs, desc="encoding", unit="image", disable=not progress):
-            image = read_image(pair.image)
-            pixel_size = resolve_mpp(image, mpp)
-            pts = read_points(pair.points, image_shape=image.shape, clip=clip)
-            enc = encode(image.pixels, pts.xy, mpp=pixel_size, params=params)
-            pending.append(writer.submit(_write_maps, out, pair.stem, image.pixels, pts.xy, enc))
+        for source in tqdm(sources, desc="encoding", unit="image", disable=not progress):
+            encoded, pixel_size = _encode(source, mpp=mpp, clip=clip, params=params)
+            pending.append(writer.submit(_write_maps, out, encoded))
             while len(pending) > 1:
                 pending.popleft().result()
             summaries.append(
                 LabelSummary(
-                    stem=pair.stem,
-                    n_points=len(pts),
+                    stem=source.stem,
+                    n_points=encoded.n_points,
                     mpp=pixel_size,
-                    nucleus_fraction=float((enc.cluster == NUCLEUS).mean()),
-                    ignore_fraction=float((enc.cluster == IGNORE).mean()),
+                    nucleus_fraction=float((encoded.cluster == NUCLEUS).mean()),
+                    ignore_fraction=float((encoded.cluster == IGNORE).mean()),
                 )
             )
         for future in pending:
@@ -84,10 +87,27 @@ def write_labels(
     return summaries
 
 
-def _write_maps(
-    out: Path, stem: str, pixels: np.ndarray, points_xy: np.ndarray, enc: Encodings
-) -> None:
+def _encode(
+    source: LabelSource, *, mpp: float | None, clip: bool, params: EncodingParams
+) -> tuple[PreparedImage, float]:
+    """The encodings of a tile or slide region at its own (level-0) pixel size."""
+    if source.is_slide_region:
+        with open_slide(source.pair.image, mpp=mpp) as slide:
+            encoded = encode_slide_region(source, slide, working_mpp=slide.mpp, params=params)
+            return encoded, slide.mpp
+    image = read_image(source.pair.image)
+    pixel_size = resolve_mpp(image, mpp)
+    encoded = encode_tile(
+        image, source.pair, pixel_size=pixel_size, working_mpp=pixel_size, params=params, clip=clip
+    )
+    return encoded, pixel_size
+
+
+def _write_maps(out: Path, encoded: PreparedImage) -> None:
+    stem = encoded.stem
+    enc = Encodings(encoded.voronoi, encoded.cluster, encoded.repel, encoded.repel)
     write_label_png(out / "voronoi" / f"{stem}.png", enc.voronoi)
     write_label_png(out / "cluster" / f"{stem}.png", enc.cluster)
     write_float_tiff(out / "repel" / f"{stem}.tif", enc.filtered_repel)
-    write_rgb_png(out / "overlay" / f"{stem}.png", encodings_overlay(pixels, points_xy, enc))
+    overlay = encodings_overlay(encoded.image, encoded.points_xy, enc)
+    write_rgb_png(out / "overlay" / f"{stem}.png", overlay)

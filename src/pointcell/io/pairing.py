@@ -11,6 +11,7 @@ from pathlib import Path
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.images import IMAGE_SUFFIXES
 from pointcell.io.points import MASK_SUFFIXES, POINT_SUFFIXES
+from pointcell.io.slides import SLIDE_SUFFIXES, slide_stem
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class ImagePointsPair:
 
     @property
     def stem(self) -> str:
-        return self.image.stem
+        return slide_stem(self.image)
 
 
 def _files(location: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
@@ -38,7 +39,7 @@ def _files(location: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
 def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
     grouped: dict[str, list[Path]] = defaultdict(list)
     for path in files:
-        grouped[path.stem].append(path)
+        grouped[slide_stem(path)].append(path)
     clashes = {stem: paths for stem, paths in grouped.items() if len(paths) > 1}
     if clashes:
         stem, paths = next(iter(clashes.items()))
@@ -63,7 +64,7 @@ def pair_images_with_points(
     a warning. Points may also be instance-label masks (``.tif``/``.png`` in the points folder).
     """
     images, points = Path(images), Path(points)
-    image_files = _by_stem(_files(images, IMAGE_SUFFIXES, "images"), "image")
+    image_files = _by_stem(_files(images, IMAGE_SUFFIXES + SLIDE_SUFFIXES, "images"), "image")
     point_suffixes = POINT_SUFFIXES + MASK_SUFFIXES
     point_files = [
         p
@@ -78,9 +79,10 @@ def pair_images_with_points(
         return [ImagePointsPair(images, points)]
     point_by_stem = _by_stem(point_files, "points")
     if images.is_file():
-        if images.stem not in point_by_stem:
-            raise PointcellInputError(f"{points}: no points file named {images.stem}.*")
-        return [ImagePointsPair(images, point_by_stem[images.stem])]
+        stem = slide_stem(images)
+        if stem not in point_by_stem:
+            raise PointcellInputError(f"{points}: no points file named {stem}.*")
+        return [ImagePointsPair(images, point_by_stem[stem])]
     orphans = sorted(set(point_by_stem) - set(image_files))
     if orphans and not points_without_image:
         raise PointcellInputError(

@@ -21,6 +21,7 @@ import shapely
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+from shapely.geometry.base import BaseGeometry
 
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.atomic import atomic_output
@@ -84,7 +85,7 @@ def read_points(
             f"use one of {', '.join(POINT_SUFFIXES + MASK_SUFFIXES)}"
         )
     if image_shape is not None:
-        points = _check_inside(points, image_shape, clip=clip, source=path)
+        points = check_inside(points, image_shape, clip=clip, source=path)
     return merge_duplicates(points, source=path)
 
 
@@ -149,7 +150,10 @@ def read_geojson_features(path: Path) -> list:
 
 
 def _read_geojson(path: Path) -> Points:
-    features = read_geojson_features(path)
+    return _feature_points(read_geojson_features(path), path)
+
+
+def _feature_points(features: list, path: Path) -> Points:
     xy: list[tuple[float, float]] = []
     classes: list[str | None] = []
     for index, feature in enumerate(features):
@@ -157,6 +161,52 @@ def _read_geojson(path: Path) -> Points:
         xy.extend(centres)
         classes.extend([_feature_class(feature)] * len(centres))
     return Points(np.array(xy, dtype=np.float64).reshape(-1, 2), tuple(classes))
+
+
+def is_region_feature(feature: object) -> bool:
+    """QuPath's distinction: an *annotation* outline is a region someone worked in; detections,
+    cells and features without an objectType are objects (their centroid is a click)."""
+    if not isinstance(feature, dict) or not isinstance(feature.get("geometry"), dict):
+        return False
+    properties = feature.get("properties") or {}
+    return (
+        feature["geometry"].get("type") in ("Polygon", "MultiPolygon")
+        and isinstance(properties, dict)
+        and properties.get("objectType") == "annotation"
+    )
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """The clicks of a points file and the regions in which every cell was clicked (the union
+    of its QuPath annotation outlines; None when it outlines none)."""
+
+    points: Points
+    regions: BaseGeometry | None = None
+
+
+def read_annotations(path: str | os.PathLike[str]) -> Annotations:
+    """Clicks and regions of a points file, by QuPath's rule (:func:`is_region_feature`).
+
+    A GeoJSON file whose features are all annotation outlines holds no click to learn from
+    in a region: its outlines are then read as cells (their centroids are the clicks), as
+    :func:`read_points` reads every file. Other formats outline no regions."""
+    path = Path(path)
+    if path.suffix.lower() not in (".geojson", ".json") or not path.is_file():
+        return Annotations(read_points(path))
+    features = read_geojson_features(path)
+    outlines = [f for f in features if is_region_feature(f)]
+    clicks = [f for f in features if not is_region_feature(f)]
+    if not outlines or not clicks:
+        return Annotations(merge_duplicates(_feature_points(features, path), source=path))
+    regions = []
+    for index, feature in enumerate(outlines):
+        try:
+            regions.append(shapely.make_valid(shapely.geometry.shape(feature["geometry"])))
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            raise PointcellInputError(f"{path}: region {index} is not a valid polygon") from exc
+    points = merge_duplicates(_feature_points(clicks, path), source=path)
+    return Annotations(points, shapely.union_all(regions))
 
 
 def _feature_centres(feature: object, path: Path, index: int) -> list[tuple[float, float]]:
@@ -242,7 +292,9 @@ def _read_mask(path: Path) -> Points:
     return Points(instance_centroids(read_label_image(path)))
 
 
-def _check_inside(points: Points, shape: tuple[int, int], *, clip: bool, source: Path) -> Points:
+def check_inside(points: Points, shape: tuple[int, int], *, clip: bool, source: Path) -> Points:
+    """The points inside an image of ``shape`` (rows, cols): an error naming those outside,
+    or (``clip``) a warning and the rest."""
     rows, cols = shape
     x, y = points.xy[:, 0], points.xy[:, 1]
     outside = (x < -0.5) | (y < -0.5) | (x > cols - 0.5) | (y > rows - 0.5)

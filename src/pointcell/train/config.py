@@ -8,15 +8,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pointcell.data import (
-    AugmentParams,
-)
+from pointcell.data import AugmentParams
 from pointcell.device import Precision
 from pointcell.encodings import EncodingParams
 from pointcell.errors import PointcellInputError
 from pointcell.io.jsonfiles import read_json
 from pointcell.losses import TASKS, TasksMode
 from pointcell.model import ENCODER_STRIDE, ModelConfig
+from pointcell.regions import NEIGHBOURHOOD_UM
 
 LrSchedule = Literal["constant", "flat-cosine"]
 
@@ -37,6 +36,8 @@ class TrainConfig:
     mpp: float | None = None  # overrides the images' metadata
     working_mpp: float = 0.5
     clip: bool = False
+    roi: str | None = None  # training regions of the slides: a file, or a folder of <stem>.*
+    neighbourhood_um: float = NEIGHBOURHOOD_UM  # a slide without regions: disks around clicks
     tasks: tuple[str, ...] = TASKS
     tasks_mode: TasksMode = "scheduler"
     optimizer: OptimizerName = "ranger"
@@ -70,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"patch_size must be a multiple of {ENCODER_STRIDE}")
         if self.batch_size < 1 or self.lr <= 0 or self.val_every < 1 or self.checkpoint_every < 1:
             raise ValueError("batch_size, lr, val_every and checkpoint_every must be positive")
+        if self.neighbourhood_um <= 0:
+            raise ValueError(f"neighbourhood_um must be positive, got {self.neighbourhood_um}")
         if self.proximity_sigma_um <= 0:
             raise ValueError(f"proximity_sigma_um must be positive, got {self.proximity_sigma_um}")
         if not 0 <= self.anneal_from < 1:

@@ -5,20 +5,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pointcell.data import (
-    PreparedImage,
-    prepare_image,
-    split_stems,
-    with_class_map,
-    with_proximity,
-)
-from pointcell.errors import PointcellInputError
-from pointcell.io.pairing import ImagePointsPair, pair_images_with_points
+from pointcell.data import split_stems, with_class_map, with_proximity
+from pointcell.errors import PointcellInputError, PointcellWarning
+from pointcell.io.pairing import pair_images_with_points
+from pointcell.io.slides import Slide, open_slide
+from pointcell.regions import LabelSource, label_sources
+from pointcell.targets import PreparedImage, file_digest, prepare_image, prepare_slide_region
 from pointcell.train.config import TrainConfig
 from pointcell.train.distributed import Distributed
 
@@ -31,22 +30,39 @@ def default_cache_dir() -> Path:
 
 
 def prepare_dataset(
-    config: TrainConfig, pairs: list[ImagePointsPair], *, progress: bool
+    config: TrainConfig, sources: list[LabelSource], *, progress: bool
 ) -> dict[str, PreparedImage]:
-    """Encode (or load from the cache) the given image/points pairs, keyed by stem."""
+    """Encode (or load from the cache) tiles and slide regions, keyed by stem. Slides stay
+    open while their regions are read; only one region's pixels are in flight at a time."""
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    prepared = [
-        prepare_image(
-            pair,
-            working_mpp=config.working_mpp,
-            params=config.encoding,
-            mpp=config.mpp,
-            clip=config.clip,
-            cache_dir=cache,
-        )
-        for pair in tqdm(pairs, desc="encoding", unit="image", disable=not progress)
-    ]
-    return {img.stem: img for img in prepared}
+    prepared: dict[str, PreparedImage] = {}
+    with ExitStack() as stack:
+        slides: dict[Path, tuple[Slide, str]] = {}
+        for source in tqdm(sources, desc="encoding", unit="image", disable=not progress):
+            if not source.is_slide_region:
+                prepared[source.stem] = prepare_image(
+                    source.pair,
+                    working_mpp=config.working_mpp,
+                    params=config.encoding,
+                    mpp=config.mpp,
+                    clip=config.clip,
+                    cache_dir=cache,
+                )
+                continue
+            if source.pair.image not in slides:
+                slide = stack.enter_context(open_slide(source.pair.image, mpp=config.mpp))
+                slides[source.pair.image] = (slide, file_digest(source.pair.image))
+            slide, digest = slides[source.pair.image]
+            prepared[source.stem] = prepare_slide_region(
+                source,
+                slide,
+                working_mpp=config.working_mpp,
+                params=config.encoding,
+                clip=config.clip,
+                cache_dir=cache,
+                slide_digest=digest,
+            )
+    return prepared
 
 
 def _split_lists(split: object) -> dict[str, list[str]]:
@@ -74,13 +90,13 @@ def _split_lists(split: object) -> dict[str, list[str]]:
     return lists
 
 
-def resolve_split(config: TrainConfig, stems: list[str]) -> dict[str, list[str]]:
+def resolve_split(config: TrainConfig, groups: dict[str, str]) -> dict[str, list[str]]:
+    """Train / val / test stems. ``groups`` maps each stem to the slide (or tile) it comes
+    from: the default split divides groups, never a group (a single slide's regions are split
+    with a warning), and a split file may name a whole slide, ``slide:r<k>`` or a stem."""
     if config.split is None:
-        return split_stems(stems, fractions=config.split_fractions, seed=config.seed)
-    split = _split_lists(config.split)
-    unknown = sorted(set(sum(split.values(), [])) - set(stems))
-    if unknown:
-        raise PointcellInputError(f"split names image(s) without points: {', '.join(unknown)}")
+        return _default_split(config, groups)
+    split = {side: _expand(names, groups) for side, names in _split_lists(config.split).items()}
     if not split["train"]:
         raise PointcellInputError("the split has no training image")
     for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -91,6 +107,42 @@ def resolve_split(config: TrainConfig, stems: list[str]) -> dict[str, list[str]]
                 "(a model chosen or scored on its training images looks better than it is)"
             )
     return split
+
+
+def _default_split(config: TrainConfig, groups: dict[str, str]) -> dict[str, list[str]]:
+    names = sorted(set(groups.values()))
+    if len(names) == 1 and len(groups) > 1 and names[0] not in groups:
+        warnings.warn(
+            f"one slide ({names[0]}): its regions are split between training and validation, "
+            "so validation scores come from the slide the model learned on",
+            PointcellWarning,
+            stacklevel=3,
+        )
+        return split_stems(sorted(groups), fractions=config.split_fractions, seed=config.seed)
+    by_group = split_stems(names, fractions=config.split_fractions, seed=config.seed)
+    return {
+        side: sorted(stem for stem, group in groups.items() if group in chosen)
+        for side, chosen in by_group.items()
+    }
+
+
+def _expand(names: list[str], groups: dict[str, str]) -> list[str]:
+    """Stems of the names of a split file: a stem, a slide (all its regions) or slide:r<k>."""
+    stems: list[str] = []
+    unknown = []
+    for name in names:
+        stem = name.replace(":", "_", 1) if ":" in name else name
+        if stem in groups:
+            stems.append(stem)
+        elif name in groups.values():
+            stems += sorted(s for s, group in groups.items() if group == name)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise PointcellInputError(
+            f"split names image(s) or region(s) without points: {', '.join(unknown)}"
+        )
+    return stems
 
 
 def total_steps(config: TrainConfig, train_images: list[PreparedImage]) -> int:
@@ -134,11 +186,18 @@ def prepare_run_images(
         raise PointcellInputError(
             f"no image in {config.images} has a points file in {config.points}"
         )
-    split = resolve_split(config, sorted(p.stem for p in pairs))
+    sources = label_sources(
+        pairs,
+        mpp=config.mpp,
+        clip=config.clip,
+        roi=config.roi,
+        neighbourhood_um=config.neighbourhood_um,
+    )
+    split = resolve_split(config, {s.stem: s.group for s in sources})
     needed = set(split["train"]) | set(split["val"])
     if not dist.is_main:
         dist.barrier()
-    wanted = [p for p in pairs if p.stem in needed]
+    wanted = [s for s in sources if s.stem in needed]
     prepared = prepare_dataset(config, wanted, progress=progress and dist.is_main)
     if dist.is_main:
         dist.barrier()

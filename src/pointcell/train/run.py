@@ -18,16 +18,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from pointcell.data import (
-    PatchSampler,
-    PreparedImage,
-    channel_stats,
-)
+from pointcell.data import PatchSampler, channel_stats
 from pointcell.errors import PointcellInputError
 from pointcell.io.atomic import atomic_output
 from pointcell.io.checkpoints import load_checkpoint, save_checkpoint
 from pointcell.io.jsonfiles import write_json
 from pointcell.model import ModelConfig
+from pointcell.targets import PreparedImage
 from pointcell.train.config import TrainConfig
 from pointcell.train.dataset import prepare_run_images, total_steps
 from pointcell.train.distributed import Distributed, distributed_context

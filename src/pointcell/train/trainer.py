@@ -9,10 +9,7 @@ from typing import Any
 import torch
 
 from pointcell import __version__
-from pointcell.data import (
-    PreparedImage,
-    grid_batches,
-)
+from pointcell.data import grid_batches
 from pointcell.device import autocast_dtype, select_device
 from pointcell.inference import Predictor, cells_from_maps, predict_maps
 from pointcell.losses import TASKS, TaskCombiner, proximity_loss, task_losses
@@ -20,6 +17,8 @@ from pointcell.metrics import DetectionScores, detection_scores
 from pointcell.model import build_model, split_proximity
 from pointcell.postprocess import PostprocessParams
 from pointcell.pretrained import cast_state_to_float
+from pointcell.regions import inside_region
+from pointcell.targets import PreparedImage
 from pointcell.train.config import LrSchedule, TrainConfig
 from pointcell.train.distributed import Distributed
 
@@ -220,10 +219,11 @@ class Trainer:
         pooled = DetectionScores(0, 0, 0)
         for img in images:
             maps = predict_maps(predictor, img.image, batch_size=self.config.batch_size)
-            cells = cells_from_maps(predictor, maps, mpp=mpp)
-            pooled = pooled + detection_scores(
-                img.points_xy, cells.xy, radius=VALIDATION_RADIUS_UM / mpp
-            )
+            found = cells_from_maps(predictor, maps, mpp=mpp).xy
+            clicks = img.points_xy
+            if img.inside is not None:  # a training region: cells elsewhere were never clicked
+                found, clicks = inside_region(found, img.inside), inside_region(clicks, img.inside)
+            pooled = pooled + detection_scores(clicks, found, radius=VALIDATION_RADIUS_UM / mpp)
         return pooled.f1
 
     def state(

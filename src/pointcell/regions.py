@@ -1,0 +1,252 @@
+"""Training regions: the parts of a tile or whole slide where every cell was clicked.
+
+Only clicked areas teach. A points file may outline regions (QuPath *annotation* polygons, or
+``--roi``); outside every region each target is "ignore", never background, because unclicked
+cells lie there. Without regions a tile keeps its old meaning (it is one region: every cell in
+it was clicked), while a slide's regions are the neighbourhoods of its clicks: a disk of
+``neighbourhood_um`` around each click, merged where disks overlap. That costs labels (the
+background between far-apart clicks is never learned) but never teaches a missed cell as
+background.
+
+A slide is never read whole: each region is read from the pyramid level nearest the working
+pixel size, resampled and encoded on its own, named ``<slide>_r<k>`` (k from 1, in reading
+order: top to bottom, then left to right).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import shapely
+from shapely.affinity import affine_transform
+from shapely.geometry.base import BaseGeometry
+
+from pointcell.encodings import IGNORE, REPEL_IGNORE, Encodings
+from pointcell.errors import PointcellInputError, PointcellWarning
+from pointcell.io.pairing import ImagePointsPair
+from pointcell.io.points import Points, check_inside, read_annotations
+from pointcell.io.predictions import region_mask
+from pointcell.io.roi import read_roi
+from pointcell.io.slides import Slide, is_whole_slide, open_slide, slide_stem
+
+NEIGHBOURHOOD_UM = 40.0  # region around each click of a slide without outlined regions
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """One image that training or ``labels`` encodes: a whole tile, or one region of a slide.
+
+    ``group`` is the slide (or tile) it comes from: a split never puts one group on two sides.
+    For slide regions, ``region`` is the outline and ``points`` every click near it, both in
+    level-0 pixels, and ``mpp`` the slide's level-0 pixel size."""
+
+    pair: ImagePointsPair
+    stem: str
+    group: str
+    region: BaseGeometry | None = None
+    points: Points | None = None
+    mpp: float | None = None
+
+    @property
+    def is_slide_region(self) -> bool:
+        return self.region is not None
+
+
+def label_sources(
+    pairs: list[ImagePointsPair],
+    *,
+    mpp: float | None = None,
+    clip: bool = False,
+    roi: str | os.PathLike[str] | None = None,
+    neighbourhood_um: float = NEIGHBOURHOOD_UM,
+) -> list[LabelSource]:
+    """Every tile, and every region of every slide, of the image/points pairs. Only the
+    slides' headers and the points files are read here, not pixels."""
+    sources: list[LabelSource] = []
+    for pair in pairs:
+        if not is_whole_slide(pair.image):
+            sources.append(LabelSource(pair, pair.stem, pair.stem))
+            continue
+        with open_slide(pair.image, mpp=mpp) as slide:
+            sources += slide_sources(
+                pair, slide, clip=clip, roi=roi, neighbourhood_um=neighbourhood_um
+            )
+    return sources
+
+
+def slide_sources(
+    pair: ImagePointsPair,
+    slide: Slide,
+    *,
+    clip: bool,
+    roi: str | os.PathLike[str] | None,
+    neighbourhood_um: float,
+) -> list[LabelSource]:
+    """The regions of one slide with their clicks (see the module docstring)."""
+    annotations = read_annotations(pair.points)
+    width, height = slide.dimensions
+    points = check_inside(annotations.points, (height, width), clip=clip, source=pair.points)
+    warn_if_other_level(points, slide, source=pair.points)
+    outline = read_roi(roi_file(roi, pair.image)) if roi is not None else annotations.regions
+    if outline is None:
+        outline = click_neighbourhoods(points.xy, radius_px=neighbourhood_um / slide.mpp)
+    outline = shapely.intersection(outline, shapely.box(-0.5, -0.5, width - 0.5, height - 0.5))
+    points = points_in_regions(points, outline, clip=clip, source=pair.points)
+    stem = slide_stem(pair.image)
+    sources = []
+    for k, part in enumerate(region_parts(outline), start=1):
+        inside = shapely.contains_xy(part, points.xy[:, 0], points.xy[:, 1])
+        if not inside.any():
+            warnings.warn(
+                f"{pair.points}: region {k} of {pair.image.name} has no click; skipped "
+                "(nothing to learn there)",
+                PointcellWarning,
+                stacklevel=2,
+            )
+            continue
+        near = _points_near(points, part, margin=neighbourhood_um / slide.mpp)
+        name = f"{stem}_r{k}"
+        sources.append(LabelSource(pair, name, stem, part, near, slide.mpp))
+    return sources
+
+
+def roi_file(roi: str | os.PathLike[str], image: Path) -> Path:
+    """``roi`` itself, or the ``<slide stem>.geojson``/``.xml`` in the folder ``roi``."""
+    roi = Path(roi)
+    if roi.is_dir():
+        for suffix in (".geojson", ".json", ".xml"):
+            candidate = roi / f"{slide_stem(image)}{suffix}"
+            if candidate.is_file():
+                return candidate
+        raise PointcellInputError(f"no region file {slide_stem(image)}.geojson (or .xml) in {roi}")
+    return roi
+
+
+def click_neighbourhoods(points_xy: np.ndarray, *, radius_px: float) -> BaseGeometry:
+    """The union of disks of ``radius_px`` around the clicks."""
+    return shapely.union_all(shapely.buffer(shapely.points(points_xy), radius_px))
+
+
+def region_parts(outline: BaseGeometry) -> list[BaseGeometry]:
+    """The separate polygons of an outline, in reading order (top, then left)."""
+    parts = [p for p in getattr(outline, "geoms", [outline]) if p.area > 0]
+    return sorted(parts, key=lambda p: (round(p.bounds[1]), round(p.bounds[0])))
+
+
+def points_in_regions(points: Points, outline: BaseGeometry, *, clip: bool, source: Path) -> Points:
+    """The clicks inside the regions: those outside are an error, or dropped with ``clip``."""
+    inside = shapely.contains_xy(outline, points.xy[:, 0], points.xy[:, 1])
+    if inside.all():
+        return points
+    outside = np.flatnonzero(~inside)
+    if not clip:
+        listed = ", ".join(
+            f"#{i} (x={points.xy[i, 0]:g}, y={points.xy[i, 1]:g})" for i in outside[:3]
+        )
+        raise PointcellInputError(
+            f"{source}: {len(outside)} click(s) outside every training region: {listed}; "
+            "draw the regions around them, or pass --clip to drop them"
+        )
+    warnings.warn(
+        f"{source}: dropped {len(outside)} click(s) outside every training region",
+        PointcellWarning,
+        stacklevel=3,
+    )
+    return _subset(points, inside)
+
+
+def _points_near(points: Points, part: BaseGeometry, *, margin: float) -> Points:
+    """The clicks within ``margin`` of a region: those outside it still shape the Voronoi
+    partition near its edge."""
+    x0, y0, x1, y1 = part.bounds
+    x, y = points.xy[:, 0], points.xy[:, 1]
+    near = (x >= x0 - margin) & (x <= x1 + margin) & (y >= y0 - margin) & (y <= y1 + margin)
+    return _subset(points, near)
+
+
+def _subset(points: Points, keep: np.ndarray) -> Points:
+    classes = tuple(c for c, k in zip(points.classes, keep, strict=True) if k)
+    return Points(points.xy[keep], classes)
+
+
+def warn_if_other_level(points: Points, slide: Slide, *, source: Path) -> None:
+    """Warn when every click of a pyramid lies in its top-left 1/16: coordinates written at
+    a coarser level (QuPath exports level-0 pixels, the ones pointcell expects)."""
+    width, height = slide.dimensions
+    if len(points) < 2 or len(slide.level_downsamples) < 2:
+        return
+    x, y = points.xy[:, 0], points.xy[:, 1]
+    if (x < width / 4).all() and (y < height / 4).all():
+        warnings.warn(
+            f"{source}: every click lies in the top-left 1/16 of {slide.path.name}; are the "
+            "coordinates at another pyramid level? pointcell (like QuPath's export) expects "
+            "level-0 pixels",
+            PointcellWarning,
+            stacklevel=3,
+        )
+
+
+@dataclass(frozen=True)
+class RegionPixels:
+    """A slide region read at the working pixel size: its pixels, the clicks and the region
+    mask in its pixels, and the map back to level 0 (``level0 = origin + (i + 0.5) * step -
+    0.5``)."""
+
+    pixels: np.ndarray
+    points_xy: np.ndarray
+    inside: np.ndarray
+    origin: tuple[float, float]
+    step: tuple[float, float]
+
+
+def read_region_pixels(slide: Slide, source: LabelSource, *, working_mpp: float) -> RegionPixels:
+    """The bounding box of a region, read from the nearest pyramid level and resampled."""
+    from pointcell.wsi.plan import TileTask, read_region
+
+    if source.region is None or source.points is None:
+        raise ValueError(f"{source.stem} is not a slide region")
+    width, height = slide.dimensions
+    x0, y0, x1, y1 = source.region.bounds
+    box = TileTask(0, max(0.0, math.floor(x0)), max(0.0, math.floor(y0)), x1 + 1, y1 + 1)
+    box = replace(box, x1=min(float(width), box.x1), y1=min(float(height), box.y1))
+    read = read_region(slide, slide.best_level(working_mpp), box, working_mpp=working_mpp, margin=0)
+    origin, step = np.asarray(read.origin), np.asarray(read.step)
+    points_xy = (source.points.xy + 0.5 - origin) / step - 0.5
+    # level-0 coordinates -> region pixels, as for the clicks
+    matrix = [1 / step[0], 0, 0, 1 / step[1], *((0.5 - origin) / step - 0.5)]
+    inside = region_mask(affine_transform(source.region, matrix), read.pixels.shape[:2])
+    return RegionPixels(read.pixels, points_xy, inside, read.origin, read.step)
+
+
+def outside_ignored(enc: Encodings, inside: np.ndarray) -> Encodings:
+    """Encodings that teach nothing outside the region: Voronoi and cluster labels IGNORE,
+    filtered repel REPEL_IGNORE."""
+    return Encodings(
+        voronoi=np.where(inside, enc.voronoi, IGNORE).astype(np.uint8),
+        cluster=np.where(inside, enc.cluster, IGNORE).astype(np.uint8),
+        repel=enc.repel,
+        filtered_repel=np.where(inside, enc.filtered_repel, REPEL_IGNORE).astype(np.float32),
+    )
+
+
+def tile_region_mask(
+    regions: BaseGeometry, shape: tuple[int, int], scale_xy: tuple[float, float]
+) -> np.ndarray:
+    """The mask of a tile's outlined regions on the tile resampled by ``scale_xy`` (new
+    pixels per old pixel along x and y; pixel centres stay centres)."""
+    sx, sy = scale_xy
+    scaled = affine_transform(regions, [sx, 0, 0, sy, 0.5 * sx - 0.5, 0.5 * sy - 0.5])
+    return region_mask(scaled, shape)
+
+
+def inside_region(points_xy: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The points whose pixel lies in a region mask."""
+    rows, cols = inside.shape
+    col = np.clip(np.rint(points_xy[:, 0]).astype(int), 0, cols - 1)
+    row = np.clip(np.rint(points_xy[:, 1]).astype(int), 0, rows - 1)
+    return points_xy[inside[row, col]]
