@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +129,7 @@ def roi_file(roi: str | os.PathLike[str], image: Path) -> Path:
 
 def click_neighbourhoods(points_xy: np.ndarray, *, radius_px: float) -> BaseGeometry:
     """The union of disks of ``radius_px`` around the clicks."""
-    return shapely.union_all(shapely.buffer(shapely.points(points_xy), radius_px))
+    return shapely.union_all(shapely.buffer(shapely.points(points_xy), radius_px, quad_segs=16))
 
 
 def region_parts(outline: BaseGeometry) -> list[BaseGeometry]:
@@ -212,8 +212,14 @@ def read_region_pixels(slide: Slide, source: LabelSource, *, working_mpp: float)
         raise ValueError(f"{source.stem} is not a slide region")
     width, height = slide.dimensions
     x0, y0, x1, y1 = source.region.bounds
-    box = TileTask(0, max(0.0, math.floor(x0)), max(0.0, math.floor(y0)), x1 + 1, y1 + 1)
-    box = replace(box, x1=min(float(width), box.x1), y1=min(float(height), box.y1))
+    # the pixels whose centre (at integer coordinates) lies in the bounds, as an index range
+    box = TileTask(
+        0,
+        max(0.0, math.ceil(x0)),
+        max(0.0, math.ceil(y0)),
+        min(float(width), math.floor(x1) + 1),
+        min(float(height), math.floor(y1) + 1),
+    )
     read = read_region(slide, slide.best_level(working_mpp), box, working_mpp=working_mpp, margin=0)
     origin, step = np.asarray(read.origin), np.asarray(read.step)
     points_xy = (source.points.xy + 0.5 - origin) / step - 0.5

@@ -12,6 +12,7 @@ from pointcell.cli.options import (
     encoding_options,
     mpp_option,
     output_folder_option,
+    region_options,
     seed_option,
 )
 
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
     "--images",
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="Image file or folder (PNG, JPEG, TIFF).",
+    help="Image file or folder (PNG, JPEG, TIFF, or whole slides: one set of maps per "
+    "training region, <slide>_r<k>).",
 )
 @click.option(
     "--points",
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 @output_folder_option()
 @mpp_option
 @click.option("--clip", is_flag=True, help="Drop points outside the image instead of failing.")
+@region_options
 @encoding_options
 @seed_option("Seed of the global k-means (--clustering global).")
 def labels(
@@ -44,6 +47,8 @@ def labels(
     out: Path,
     mpp: float | None,
     clip: bool,
+    roi: Path | None,
+    neighbourhood_um: float,
     clustering: ClusteringMode,
     unclicked: UnclickedMode,
     fuse_floor: FloorFusion,
@@ -56,7 +61,16 @@ def labels(
     params = EncodingParams(
         clustering=clustering, unclicked=unclicked, fuse_floor=fuse_floor, seed=seed
     )
-    summaries = write_labels(images, points, out, mpp=mpp, clip=clip, params=params)
+    summaries = write_labels(
+        images,
+        points,
+        out,
+        mpp=mpp,
+        clip=clip,
+        params=params,
+        roi=roi,
+        neighbourhood_um=neighbourhood_um,
+    )
     for s in summaries:
         click.echo(
             f"{s.stem}: {s.n_points} points, nucleus {s.nucleus_fraction:.1%}, "

@@ -185,3 +185,24 @@ def device_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--device", default="auto", show_default=True, help="auto, cpu, cuda, mps."
     )(function)
+
+
+# Where the clicks of whole slides teach (pointcell.regions).
+region_options = stack(
+    click.option(
+        "--roi",
+        type=click.Path(exists=True, path_type=Path),
+        help="Training regions of whole slides (where every cell was clicked): a QuPath "
+        "GeoJSON or Aperio XML of outlines, or a folder with <slide stem>.geojson per slide. "
+        "Outside them nothing is learned. Default: the annotation outlines of the points "
+        "file, else the neighbourhood of each click.",
+    ),
+    click.option(
+        "--neighbourhood",
+        "neighbourhood_um",
+        type=FiniteFloatRange(min=0, min_open=True),
+        default=40.0,
+        show_default=True,
+        help="A slide without outlined regions learns within this radius (µm) of each click.",
+    ),
+)

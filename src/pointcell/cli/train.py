@@ -16,6 +16,7 @@ from pointcell.cli.options import (
     encoding_options,
     factor_range_option,
     mpp_option,
+    region_options,
     seed_option,
     stack,
     writable_folder,
@@ -108,7 +109,12 @@ _training_options = stack(
 # What the run learns from and how its data is drawn.
 _data_options = stack(
     mpp_option,
-    click.option("--clip", is_flag=True, help="Drop points outside their image."),
+    click.option(
+        "--clip",
+        is_flag=True,
+        help="Drop points outside their image (or outside every training region).",
+    ),
+    region_options,
     encoding_options,
     seed_option(
         "Random seed: the default split, the network's start, the patches drawn and "
@@ -195,7 +201,7 @@ _run_options = stack(
 @click.option(
     "--images",
     type=click.Path(exists=True, path_type=Path),
-    help="Image file or folder (required unless --resume).",
+    help="Image file or folder: tiles and whole slides, mixed (required unless --resume).",
 )
 @click.option(
     "--points",
@@ -263,8 +269,9 @@ def _library_options(options: dict[str, Any]) -> dict[str, Any]:
         scale_range=options.pop("scale_range"),
         stain_scale_range=options.pop("stain_scale"),
     )
-    if options["cache_dir"] is not None:
-        options["cache_dir"] = str(options["cache_dir"])
+    for name in ("cache_dir", "roi"):
+        if options[name] is not None:
+            options[name] = str(options[name])
     return options
 
 
