@@ -106,3 +106,25 @@ def small_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("checkpoint") / "small.pt"
     save_checkpoint(path, small_checkpoint_state())
     return path
+
+
+def tiny_config(data: Path, tmp_path: Path, **changes):
+    """A TrainConfig of a few CPU steps of a small U-Net on ``data/{images,points}``."""
+    from pointcell.model import ModelConfig
+    from pointcell.train import TrainConfig
+
+    values = dict(
+        images=str(data / "images"),
+        points=str(data / "points"),
+        model=ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16)),
+        steps=4,
+        batch_size=2,
+        patch_size=64,
+        val_every=2,
+        checkpoint_every=1,
+        precision="fp32",
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    values.update(changes)
+    return TrainConfig(**values)

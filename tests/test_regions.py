@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import shapely
 
+from conftest import tiny_config
 from pointcell.encodings import IGNORE, REPEL_IGNORE, EncodingParams
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.images import read_image
@@ -16,7 +17,6 @@ from pointcell.io.pairing import ImagePointsPair, pair_images_with_points
 from pointcell.io.points import read_annotations, read_points
 from pointcell.io.slides import open_slide, write_pyramidal_tiff
 from pointcell.labels import write_labels
-from pointcell.model import ModelConfig
 from pointcell.regions import label_sources, region_parts
 from pointcell.targets import prepare_image, prepare_slide_region
 from pointcell.train import TrainConfig, fit, resolve_split
@@ -223,18 +223,13 @@ def test_slides_and_tiles_train_together_and_labels_writes_each_region(
         summaries = write_labels(slide.parent, slide.parent, tmp_path / "labels", mpp=0.25)
     assert sorted(s.stem for s in summaries) == sorted(["mosaic_r1", "mosaic_r2", tile.stem])
     assert (tmp_path / "labels" / "cluster" / "mosaic_r2.png").is_file()
-    config = TrainConfig(
+    config = tiny_config(
+        slide.parent,
+        tmp_path,
         images=str(slide.parent),
         points=str(slide.parent),
-        model=ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16)),
         mpp=0.25,
         steps=2,
-        batch_size=2,
-        patch_size=64,
-        val_every=2,
-        precision="fp32",
-        device="cpu",
-        cache_dir=str(tmp_path / "cache"),
         split={"train": ["mosaic:r1", tile.stem], "val": ["mosaic:r2"]},
     )
     result = fit(config, tmp_path / "run", progress=False)
@@ -252,3 +247,15 @@ def test_region_parts_come_in_reading_order():
     )
     parts = region_parts(shapely.union_all([right, left_low, top]))
     assert [p.bounds for p in parts] == [top.bounds, right.bounds, left_low.bounds]
+
+
+def test_roi_folder_replaces_the_regions_of_the_points_file(tmp_path, sample_slide):
+    slide, clicks, _ = sample_slide
+    points = write_clicks(tmp_path / "mosaic.geojson", clicks, [crop_box(*OFFSETS[0])])
+    roi = tmp_path / "roi"
+    roi.mkdir()
+    write_clicks(roi / "mosaic.geojson", [], [crop_box(*OFFSETS[0]), crop_box(*OFFSETS[1])])
+    pair = ImagePointsPair(slide, points)
+    with pytest.raises(PointcellInputError, match="outside every training region"):
+        label_sources([pair])  # the file's one region leaves the second crop's clicks out
+    assert [s.stem for s in label_sources([pair], roi=roi)] == ["mosaic_r1", "mosaic_r2"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_disks
+from conftest import make_disks, tiny_config
 from pointcell import train as train_module
 from pointcell.data import NO_AUGMENT, PatchSampler, channel_stats, with_proximity
 from pointcell.encodings import encode
@@ -28,24 +28,6 @@ from pointcell.train import run as train_run
 from pointcell.train.trainer import PROXIMITY_LR_SCALE
 
 SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16))
-
-
-def tiny_config(data, tmp_path, **changes):
-    values = dict(
-        images=str(data / "images"),
-        points=str(data / "points"),
-        model=SMALL,
-        steps=4,
-        batch_size=2,
-        patch_size=64,
-        val_every=2,
-        checkpoint_every=1,
-        precision="fp32",
-        device="cpu",
-        cache_dir=str(tmp_path / "cache"),
-    )
-    values.update(changes)
-    return TrainConfig(**values)
 
 
 def test_run_folder_contents(disk_dataset, tmp_path):

@@ -20,7 +20,7 @@ from pointcell.io.images import (
     write_rgb_png,
 )
 from pointcell.io.pairing import pair_images_with_points
-from pointcell.io.slides import open_slide
+from pointcell.io.slides import OpenSlides
 from pointcell.overlay import encodings_overlay
 from pointcell.regions import NEIGHBOURHOOD_UM, LabelSource, label_sources
 from pointcell.targets import PreparedImage, encode_slide_region, encode_tile
@@ -66,10 +66,10 @@ def write_labels(
     sources = label_sources(pairs, mpp=mpp, clip=clip, roi=roi, neighbourhood_um=neighbourhood_um)
     summaries = []
     # files are compressed and written in a second thread while the next image is encoded
-    with ThreadPoolExecutor(1) as writer:
+    with ThreadPoolExecutor(1) as writer, OpenSlides(mpp=mpp) as slides:
         pending: deque[Future[None]] = deque()
         for source in tqdm(sources, desc="encoding", unit="image", disable=not progress):
-            encoded, pixel_size = _encode(source, mpp=mpp, clip=clip, params=params)
+            encoded, pixel_size = _encode(source, slides, mpp=mpp, clip=clip, params=params)
             pending.append(writer.submit(_write_maps, out, encoded))
             while len(pending) > 1:
                 pending.popleft().result()
@@ -88,13 +88,18 @@ def write_labels(
 
 
 def _encode(
-    source: LabelSource, *, mpp: float | None, clip: bool, params: EncodingParams
+    source: LabelSource,
+    slides: OpenSlides,
+    *,
+    mpp: float | None,
+    clip: bool,
+    params: EncodingParams,
 ) -> tuple[PreparedImage, float]:
     """The encodings of a tile or slide region at its own (level-0) pixel size."""
     if source.is_slide_region:
-        with open_slide(source.pair.image, mpp=mpp) as slide:
-            encoded = encode_slide_region(source, slide, working_mpp=slide.mpp, params=params)
-            return encoded, slide.mpp
+        slide = slides.get(source.pair.image)
+        encoded = encode_slide_region(source, slide, working_mpp=slide.mpp, params=params)
+        return encoded, slide.mpp
     image = read_image(source.pair.image)
     pixel_size = resolve_mpp(image, mpp)
     encoded = encode_tile(

@@ -29,9 +29,9 @@ from shapely.geometry.base import BaseGeometry
 from pointcell.encodings import IGNORE, REPEL_IGNORE, Encodings
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.pairing import ImagePointsPair
-from pointcell.io.points import Points, check_inside, read_annotations
+from pointcell.io.points import Points, check_inside, read_annotations, subset
 from pointcell.io.predictions import region_mask
-from pointcell.io.roi import read_roi
+from pointcell.io.roi import roi_for_images
 from pointcell.io.slides import Slide, is_whole_slide, open_slide, slide_stem
 
 NEIGHBOURHOOD_UM = 40.0  # region around each click of a slide without outlined regions
@@ -43,14 +43,13 @@ class LabelSource:
 
     ``group`` is the slide (or tile) it comes from: a split never puts one group on two sides.
     For slide regions, ``region`` is the outline and ``points`` every click near it, both in
-    level-0 pixels, and ``mpp`` the slide's level-0 pixel size."""
+    level-0 pixels."""
 
     pair: ImagePointsPair
     stem: str
     group: str
     region: BaseGeometry | None = None
     points: Points | None = None
-    mpp: float | None = None
 
     @property
     def is_slide_region(self) -> bool:
@@ -66,15 +65,22 @@ def label_sources(
     neighbourhood_um: float = NEIGHBOURHOOD_UM,
 ) -> list[LabelSource]:
     """Every tile, and every region of every slide, of the image/points pairs. Only the
-    slides' headers and the points files are read here, not pixels."""
+    slides' headers and the points files are read here, not pixels. ``roi`` gives the
+    slides' regions as :func:`pointcell.io.roi.roi_for_images` reads them for ``predict``."""
+    slides = [pair.image for pair in pairs if is_whole_slide(pair.image)]
+    outlines = roi_for_images(roi, slides) if roi is not None and slides else {}
     sources: list[LabelSource] = []
     for pair in pairs:
-        if not is_whole_slide(pair.image):
+        if pair.image not in slides:
             sources.append(LabelSource(pair, pair.stem, pair.stem))
             continue
         with open_slide(pair.image, mpp=mpp) as slide:
             sources += slide_sources(
-                pair, slide, clip=clip, roi=roi, neighbourhood_um=neighbourhood_um
+                pair,
+                slide,
+                clip=clip,
+                outline=outlines.get(pair.image),
+                neighbourhood_um=neighbourhood_um,
             )
     return sources
 
@@ -84,15 +90,17 @@ def slide_sources(
     slide: Slide,
     *,
     clip: bool,
-    roi: str | os.PathLike[str] | None,
+    outline: BaseGeometry | None,
     neighbourhood_um: float,
 ) -> list[LabelSource]:
-    """The regions of one slide with their clicks (see the module docstring)."""
+    """The regions of one slide with their clicks (see the module docstring); ``outline``
+    (level-0 pixels) replaces the regions of the points file."""
     annotations = read_annotations(pair.points)
     width, height = slide.dimensions
     points = check_inside(annotations.points, (height, width), clip=clip, source=pair.points)
     warn_if_other_level(points, slide, source=pair.points)
-    outline = read_roi(roi_file(roi, pair.image)) if roi is not None else annotations.regions
+    if outline is None:
+        outline = annotations.regions
     if outline is None:
         outline = click_neighbourhoods(points.xy, radius_px=neighbourhood_um / slide.mpp)
     outline = shapely.intersection(outline, shapely.box(-0.5, -0.5, width - 0.5, height - 0.5))
@@ -110,21 +118,8 @@ def slide_sources(
             )
             continue
         near = _points_near(points, part, margin=neighbourhood_um / slide.mpp)
-        name = f"{stem}_r{k}"
-        sources.append(LabelSource(pair, name, stem, part, near, slide.mpp))
+        sources.append(LabelSource(pair, f"{stem}_r{k}", stem, part, near))
     return sources
-
-
-def roi_file(roi: str | os.PathLike[str], image: Path) -> Path:
-    """``roi`` itself, or the ``<slide stem>.geojson``/``.xml`` in the folder ``roi``."""
-    roi = Path(roi)
-    if roi.is_dir():
-        for suffix in (".geojson", ".json", ".xml"):
-            candidate = roi / f"{slide_stem(image)}{suffix}"
-            if candidate.is_file():
-                return candidate
-        raise PointcellInputError(f"no region file {slide_stem(image)}.geojson (or .xml) in {roi}")
-    return roi
 
 
 def click_neighbourhoods(points_xy: np.ndarray, *, radius_px: float) -> BaseGeometry:
@@ -157,7 +152,7 @@ def points_in_regions(points: Points, outline: BaseGeometry, *, clip: bool, sour
         PointcellWarning,
         stacklevel=3,
     )
-    return _subset(points, inside)
+    return subset(points, inside)
 
 
 def _points_near(points: Points, part: BaseGeometry, *, margin: float) -> Points:
@@ -166,12 +161,7 @@ def _points_near(points: Points, part: BaseGeometry, *, margin: float) -> Points
     x0, y0, x1, y1 = part.bounds
     x, y = points.xy[:, 0], points.xy[:, 1]
     near = (x >= x0 - margin) & (x <= x1 + margin) & (y >= y0 - margin) & (y <= y1 + margin)
-    return _subset(points, near)
-
-
-def _subset(points: Points, keep: np.ndarray) -> Points:
-    classes = tuple(c for c, k in zip(points.classes, keep, strict=True) if k)
-    return Points(points.xy[keep], classes)
+    return subset(points, near)
 
 
 def warn_if_other_level(points: Points, slide: Slide, *, source: Path) -> None:
@@ -193,15 +183,12 @@ def warn_if_other_level(points: Points, slide: Slide, *, source: Path) -> None:
 
 @dataclass(frozen=True)
 class RegionPixels:
-    """A slide region read at the working pixel size: its pixels, the clicks and the region
-    mask in its pixels, and the map back to level 0 (``level0 = origin + (i + 0.5) * step -
-    0.5``)."""
+    """A slide region read at the working pixel size: its pixels, and the clicks and the
+    region mask in its pixels."""
 
     pixels: np.ndarray
     points_xy: np.ndarray
     inside: np.ndarray
-    origin: tuple[float, float]
-    step: tuple[float, float]
 
 
 def read_region_pixels(slide: Slide, source: LabelSource, *, working_mpp: float) -> RegionPixels:
@@ -223,10 +210,10 @@ def read_region_pixels(slide: Slide, source: LabelSource, *, working_mpp: float)
     read = read_region(slide, slide.best_level(working_mpp), box, working_mpp=working_mpp, margin=0)
     origin, step = np.asarray(read.origin), np.asarray(read.step)
     points_xy = (source.points.xy + 0.5 - origin) / step - 0.5
-    # level-0 coordinates -> region pixels, as for the clicks
-    matrix = [1 / step[0], 0, 0, 1 / step[1], *((0.5 - origin) / step - 0.5)]
-    inside = region_mask(affine_transform(source.region, matrix), read.pixels.shape[:2])
-    return RegionPixels(read.pixels, points_xy, inside, read.origin, read.step)
+    inside = mask_in_pixels(
+        source.region, read.pixels.shape[:2], origin=read.origin, step=read.step
+    )
+    return RegionPixels(read.pixels, points_xy, inside)
 
 
 def outside_ignored(enc: Encodings, inside: np.ndarray) -> Encodings:
@@ -240,14 +227,19 @@ def outside_ignored(enc: Encodings, inside: np.ndarray) -> Encodings:
     )
 
 
-def tile_region_mask(
-    regions: BaseGeometry, shape: tuple[int, int], scale_xy: tuple[float, float]
+def mask_in_pixels(
+    region: BaseGeometry,
+    shape: tuple[int, int],
+    *,
+    origin: tuple[float, float] = (0.0, 0.0),
+    step: tuple[float, float] = (1.0, 1.0),
 ) -> np.ndarray:
-    """The mask of a tile's outlined regions on the tile resampled by ``scale_xy`` (new
-    pixels per old pixel along x and y; pixel centres stay centres)."""
-    sx, sy = scale_xy
-    scaled = affine_transform(regions, [sx, 0, 0, sy, 0.5 * sx - 0.5, 0.5 * sy - 0.5])
-    return region_mask(scaled, shape)
+    """The mask of a region (level-0 or original pixels) on an image whose pixel ``i`` has
+    its centre at ``origin + (i + 0.5) * step - 0.5`` there: a resampled tile (origin 0) or a
+    window of a slide read and resampled."""
+    (ox, oy), (sx, sy) = origin, step
+    matrix = [1 / sx, 0, 0, 1 / sy, (0.5 - ox) / sx - 0.5, (0.5 - oy) / sy - 0.5]
+    return region_mask(affine_transform(region, matrix), shape)
 
 
 def inside_region(points_xy: np.ndarray, inside: np.ndarray) -> np.ndarray:

@@ -29,10 +29,10 @@ from pointcell.io.points import check_inside, read_annotations
 from pointcell.io.slides import Slide
 from pointcell.regions import (
     LabelSource,
+    mask_in_pixels,
     outside_ignored,
     points_in_regions,
     read_region_pixels,
-    tile_region_mask,
 )
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,8 @@ def encode_tile(
     enc = encode(pixels, xy, mpp=working_mpp, params=params)
     inside = None
     if annotations.regions is not None:
-        scale = (pixels.shape[1] / image.shape[1], pixels.shape[0] / image.shape[0])
-        inside = tile_region_mask(annotations.regions, pixels.shape[:2], scale)
+        step = (image.shape[1] / pixels.shape[1], image.shape[0] / pixels.shape[0])
+        inside = mask_in_pixels(annotations.regions, pixels.shape[:2], step=step)
         enc = outside_ignored(enc, inside)
     return _prepared(pair.stem, pixels, enc, xy, points.classes, inside)
 

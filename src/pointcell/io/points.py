@@ -306,7 +306,7 @@ def check_inside(points: Points, shape: tuple[int, int], *, clip: bool, source: 
             PointcellWarning,
             stacklevel=3,
         )
-        return _subset(points, ~outside)
+        return subset(points, ~outside)
     bad = np.flatnonzero(outside)
     listed = ", ".join(f"#{i} (x={x[i]:g}, y={y[i]:g})" for i in bad[:5])
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
@@ -316,7 +316,8 @@ def check_inside(points: Points, shape: tuple[int, int], *, clip: bool, source: 
     )
 
 
-def _subset(points: Points, keep: np.ndarray) -> Points:
+def subset(points: Points, keep: np.ndarray) -> Points:
+    """The points where ``keep`` (a boolean mask) is true, with their classes."""
     return Points(points.xy[keep], tuple(c for c, k in zip(points.classes, keep, strict=True) if k))
 
 

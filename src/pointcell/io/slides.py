@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -157,6 +158,28 @@ def open_slide(
     except BaseException:
         handle.close()
         raise
+
+
+class OpenSlides:
+    """Slides opened on first use and kept open until the ``with`` block ends, so that the
+    many regions of one slide are read through one handle."""
+
+    def __init__(self, *, mpp: float | None = None, reader: SlideReader = "auto") -> None:
+        self._mpp, self._reader = mpp, reader
+        self._stack = ExitStack()
+        self._open: dict[Path, Slide] = {}
+
+    def get(self, path: Path) -> Slide:
+        if path not in self._open:
+            slide = open_slide(path, mpp=self._mpp, reader=self._reader)
+            self._open[path] = self._stack.enter_context(slide)
+        return self._open[path]
+
+    def __enter__(self) -> OpenSlides:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
 
 
 def _open_handle(path: Path, reader: str) -> Any:

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import warnings
-from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from tqdm.auto import tqdm
 from pointcell.data import split_stems, with_class_map, with_proximity
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.pairing import pair_images_with_points
-from pointcell.io.slides import Slide, open_slide
+from pointcell.io.slides import OpenSlides
 from pointcell.regions import LabelSource, label_sources
 from pointcell.targets import PreparedImage, file_digest, prepare_image, prepare_slide_region
 from pointcell.train.config import TrainConfig
@@ -36,8 +35,8 @@ def prepare_dataset(
     open while their regions are read; only one region's pixels are in flight at a time."""
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     prepared: dict[str, PreparedImage] = {}
-    with ExitStack() as stack:
-        slides: dict[Path, tuple[Slide, str]] = {}
+    digests: dict[Path, str] = {}
+    with OpenSlides(mpp=config.mpp) as slides:
         for source in tqdm(sources, desc="encoding", unit="image", disable=not progress):
             if not source.is_slide_region:
                 prepared[source.stem] = prepare_image(
@@ -49,18 +48,17 @@ def prepare_dataset(
                     cache_dir=cache,
                 )
                 continue
-            if source.pair.image not in slides:
-                slide = stack.enter_context(open_slide(source.pair.image, mpp=config.mpp))
-                slides[source.pair.image] = (slide, file_digest(source.pair.image))
-            slide, digest = slides[source.pair.image]
+            image = source.pair.image
+            if image not in digests:
+                digests[image] = file_digest(image)
             prepared[source.stem] = prepare_slide_region(
                 source,
-                slide,
+                slides.get(image),
                 working_mpp=config.working_mpp,
                 params=config.encoding,
                 clip=config.clip,
                 cache_dir=cache,
-                slide_digest=digest,
+                slide_digest=digests[image],
             )
     return prepared
 
