@@ -56,3 +56,19 @@ def write_result(name: str, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     print(f"results written to {path}")
     return path
+
+
+def write_section(name: str, key: str, text: str) -> Path:
+    """Put ``text`` into results file ``name`` as its section ``key``, replacing that section
+    if present and keeping the others (several scripts report into one file)."""
+    path = RESULTS / name
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    start, end = f"<!-- section: {key} -->", f"<!-- end: {key} -->"
+    block = f"{start}\n{text.rstrip()}\n{end}\n"
+    if start in old and end in old:
+        before, rest = old.split(start, 1)
+        rest = rest.split(end, 1)[1].lstrip("\n")
+        new = before + block + ("\n" + rest if rest else "")
+    else:
+        new = (old.rstrip() + "\n\n" if old.strip() else "") + block
+    return write_result(name, new)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_name, provenance, write_result  # noqa: E402
+from _common import cpu_name, provenance, write_section  # noqa: E402
 from pointcell.data import PatchSampler, channel_stats  # noqa: E402
 from pointcell.encodings import EncodingParams  # noqa: E402
 from pointcell.io.pairing import pair_images_with_points  # noqa: E402
@@ -109,7 +109,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     suffix = "" if device == "cpu" else f"-{device}"
-    write_result(f"training{suffix}.md", text)
+    write_section(f"training{suffix}.md", "throughput", text)
 
 
 if __name__ == "__main__":

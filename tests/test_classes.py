@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_config
 from pointcell.data import (
     CLASS_IGNORE,
     class_target,
@@ -27,7 +28,7 @@ from pointcell.model import ModelConfig, build_model
 from pointcell.postprocess import classify
 from pointcell.predict import predict_images
 from pointcell.targets import point_class_names
-from pointcell.train import TrainConfig, adapt_output_head, fit
+from pointcell.train import adapt_output_head, fit
 
 BROWN = (150, 90, 40)  # DAB-positive nucleus
 BLUE = (70, 70, 160)  # hematoxylin-only nucleus
@@ -238,21 +239,16 @@ def two_class_dataset(folder, n_images=4, *, shape=(96, 96), seed=0):
 
 def test_two_class_model_learns_positive_and_negative(tmp_path):
     data = two_class_dataset(tmp_path / "data")
-    config = TrainConfig(
-        images=str(data / "images"),
-        points=str(data / "points"),
-        model=ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16)),
+    config = tiny_config(
+        data,
+        tmp_path,
         mpp=0.5,
         steps=60,
         batch_size=4,
-        patch_size=64,
         optimizer="adam",
         val_every=60,
         checkpoint_every=60,
-        precision="fp32",
-        device="cpu",
         split={"train": ["img0", "img1", "img2"], "val": ["img3"], "test": []},
-        cache_dir=str(tmp_path / "cache"),
     )
     fit(config, tmp_path / "run", progress=False)
     predictor = load_predictor(tmp_path / "run" / "last.pt")

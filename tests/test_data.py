@@ -50,7 +50,7 @@ def test_channel_stats():
 def test_encodings_are_cached_and_invalidated(disk_dataset, tmp_path, monkeypatch):
     pair = pair_images_with_points(disk_dataset / "images", disk_dataset / "points")[0]
     first = prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.npz"))) == 1
+    assert len(list(tmp_path.glob("*-*"))) == 1
 
     def fail(*args, **kwargs):
         raise AssertionError("encode should not run on a cache hit")
@@ -65,6 +65,23 @@ def test_encodings_are_cached_and_invalidated(disk_dataset, tmp_path, monkeypatc
     pair.points.write_text("x,y\n10,10\n")  # the points changed
     with pytest.raises(AssertionError, match="cache hit"):
         prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
+
+
+def test_cached_encodings_are_memory_mapped_and_a_broken_cache_is_rebuilt(disk_dataset, tmp_path):
+    pair = pair_images_with_points(disk_dataset / "images", disk_dataset / "points")[0]
+    fresh = prepare_image(pair, working_mpp=0.5, params=EncodingParams())
+    cached = prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
+    for name in ("image", "voronoi", "cluster", "repel"):  # returned from the disk at once
+        assert isinstance(getattr(cached, name), np.memmap)
+        np.testing.assert_array_equal(getattr(cached, name), getattr(fresh, name))
+    assert not cached.image.flags.writeable
+    np.testing.assert_array_equal(cached.point_classes, fresh.point_classes)
+    (folder,) = tmp_path.glob("*-*")
+    (folder / "repel.npy").write_bytes(b"not an array")
+    rebuilt = prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
+    np.testing.assert_array_equal(rebuilt.repel, fresh.repel)
+    assert isinstance(rebuilt.repel, np.memmap)  # the folder was written again
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary folder left behind
 
 
 def test_prepare_resamples_to_the_working_pixel_size(disk_dataset):

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import os
-import zipfile
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ import numpy as np
 from skimage.transform import resize
 
 from pointcell.encodings import EncodingParams, Encodings, encode
-from pointcell.io.atomic import atomic_output
+from pointcell.io.atomic import atomic_directory
 from pointcell.io.images import LoadedImage, read_image, resolve_mpp
 from pointcell.io.pairing import ImagePointsPair
 from pointcell.io.points import check_inside, read_annotations
@@ -36,7 +36,7 @@ from pointcell.regions import (
 )
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 7
+CACHE_VERSION = 8
 UNTYPED = ("", "unlabelled", "unlabeled", "unknown")  # class names that carry no class
 
 
@@ -112,28 +112,40 @@ def cache_key(
 
 
 _CACHED_ARRAYS = ("image", "voronoi", "cluster", "repel", "points_xy", "point_classes")
+_MAPPED_ARRAYS = ("image", "voronoi", "cluster", "repel", "inside")  # the per-pixel ones
 
 
 def load_cached(path: Path, stem: str) -> PreparedImage | None:
-    """A cached encoding, or None when there is none (or it cannot be read)."""
-    if not path.is_file():
+    """A cached encoding, or None when there is none (or it cannot be read).
+
+    The per-pixel arrays are memory-mapped, read-only: a run over a thousand slide regions
+    holds only the pages its patches touch, and the system may drop them again."""
+    if not (path / "image.npy").is_file():
         return None
     try:
-        with np.load(path) as data:
-            inside = data["inside"] if "inside" in data.files else None
-            arrays = {name: data[name] for name in _CACHED_ARRAYS}
-            return PreparedImage(stem, **arrays, inside=inside)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        log.warning("ignoring unreadable cache file %s", path)
+        arrays = {
+            name: np.load(path / f"{name}.npy", mmap_mode="r" if name in _MAPPED_ARRAYS else None)
+            for name in _CACHED_ARRAYS
+        }
+        inside = path / "inside.npy"
+        mask = np.load(inside, mmap_mode="r") if inside.is_file() else None
+        return PreparedImage(stem, **arrays, inside=mask)
+    except (OSError, ValueError):
+        log.warning("ignoring unreadable cache folder %s", path)
         return None
 
 
-def save_cached(path: Path, prepared: PreparedImage) -> None:
+def save_cached(path: Path, prepared: PreparedImage) -> PreparedImage:
+    """Write ``prepared`` to the cache folder ``path`` (one .npy per array, in place whole or
+    not at all) and return it memory-mapped from there."""
     arrays = {name: getattr(prepared, name) for name in _CACHED_ARRAYS}
     if prepared.inside is not None:
         arrays["inside"] = prepared.inside
-    with atomic_output(path) as tmp:
-        np.savez(tmp, **arrays)
+    shutil.rmtree(path, ignore_errors=True)  # called on a miss: what is there is unreadable
+    with atomic_directory(path) as tmp:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+    return load_cached(path, prepared.stem) or prepared
 
 
 def prepare_image(
@@ -154,15 +166,13 @@ def prepare_image(
     cached = None
     if cache_dir is not None:
         key = cache_key(pair, mpp=pixel_size, working_mpp=working_mpp, params=params, clip=clip)
-        cached = Path(cache_dir) / f"{pair.stem}-{key}.npz"
+        cached = Path(cache_dir) / f"{pair.stem}-{key}"
         if (found := load_cached(cached, pair.stem)) is not None:
             return found
     prepared = encode_tile(
         image, pair, pixel_size=pixel_size, working_mpp=working_mpp, params=params, clip=clip
     )
-    if cached is not None:
-        save_cached(cached, prepared)
-    return prepared
+    return prepared if cached is None else save_cached(cached, prepared)
 
 
 def encode_tile(
@@ -229,13 +239,11 @@ def prepare_slide_region(
             image_digest=slide_digest,
             region=source.region.wkt,
         )
-        cached = Path(cache_dir) / f"{source.stem}-{key}.npz"
+        cached = Path(cache_dir) / f"{source.stem}-{key}"
         if (found := load_cached(cached, source.stem)) is not None:
             return found
     prepared = encode_slide_region(source, slide, working_mpp=working_mpp, params=params)
-    if cached is not None:
-        save_cached(cached, prepared)
-    return prepared
+    return prepared if cached is None else save_cached(cached, prepared)
 
 
 def encode_slide_region(
