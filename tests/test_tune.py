@@ -13,10 +13,11 @@ import torch
 from click.testing import CliRunner
 
 from pointcell.cli import main
-from pointcell.errors import PointcellInputError
+from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import load_predictor, predict_image_maps
 from pointcell.io.images import read_image
 from pointcell.postprocess import PostprocessParams
+from pointcell.predict import PredictSettings, predict_paths
 from pointcell.tune import (
     DISTANCE_GRID,
     FOREGROUND_GRID,
@@ -118,6 +119,36 @@ def test_tuned_model_keeps_its_weights_and_carries_the_setting(small_checkpoint,
         assert torch.equal(tensor, weights[name]), name
 
 
+def test_settings_tuned_per_stain_are_kept_side_by_side(small_checkpoint, tmp_path):
+    ihc = PostprocessParams(foreground=0.3, min_probability=0.3, min_distance_um=3.5)
+    he = PostprocessParams(foreground=0.55, min_probability=0.55)
+    first = write_tuned_model(small_checkpoint, tmp_path / "ihc.pt", ihc, stain="ihc")
+    both = write_tuned_model(first, tmp_path / "both.pt", he, stain="he")
+    predictor = load_predictor(both, device="cpu")
+    own = load_predictor(small_checkpoint, device="cpu").postprocess
+    assert predictor.postprocess == own  # the default is untouched
+    assert predictor.postprocess_by_stain == {"ihc": ihc, "he": he}
+    assert predictor.postprocess_for("ihc") == ihc and predictor.postprocess_for(None) == own
+    only_ihc = load_predictor(first, device="cpu")
+    with pytest.warns(PointcellWarning, match="no settings tuned for he"):
+        assert only_ihc.postprocess_for("he") == own
+
+
+def test_predict_uses_the_settings_of_the_stain_asked_for(small_checkpoint, disk_dataset, tmp_path):
+    never = PostprocessParams(foreground=0.999, min_probability=0.999)  # nothing is a cell
+    model = write_tuned_model(small_checkpoint, tmp_path / "ihc.pt", never, stain="ihc")
+    image = disk_dataset / "images" / "img0.tif"
+    counts = {}
+    for stain in (None, "ihc"):
+        settings = PredictSettings(model=str(model), device="cpu", overlay=False, stain=stain)
+        job = predict_paths([image], tmp_path / f"out-{stain}", settings, progress=False)
+        counts[stain] = job.images[0].n_cells
+        record = json.loads((tmp_path / f"out-{stain}" / "predictions.json").read_text())
+        expected = never if stain else load_predictor(small_checkpoint).postprocess
+        assert record["postprocess"] == expected.to_dict()
+    assert counts["ihc"] == 0 < counts[None]
+
+
 def test_predict_clicked_pairs_maps_with_clicks(small_checkpoint, disk_dataset):
     predictor = load_predictor(small_checkpoint, device="cpu")
     (disk_dataset / "points" / "not-held-out.csv").write_text("x,y\n5,5\n")  # ignored
@@ -175,6 +206,11 @@ def test_tune_command_writes_the_best_model(small_checkpoint, disk_dataset, tmp_
     tuned = load_predictor(out, device="cpu").postprocess
     assert tuned.foreground == pytest.approx(float(found[1]))
     assert tuned.min_distance_um == pytest.approx(float(found[2]))
+    per_stain = CliRunner().invoke(main, [*args, *data, "--stain", "ihc"])
+    assert per_stain.exit_code == 0 and "--stain ihc" in per_stain.output
+    stained = load_predictor(out, device="cpu")
+    assert stained.postprocess == load_predictor(small_checkpoint).postprocess
+    assert stained.postprocess_by_stain["ihc"].foreground == pytest.approx(float(found[1]))
     half = CliRunner().invoke(main, [*args, *data[:2]])
     assert half.exit_code == 1 and "both --images and --points" in half.output
 

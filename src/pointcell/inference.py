@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from pointcell.device import Precision, autocast_dtype, select_device
-from pointcell.errors import PointcellInputError
+from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.checkpoints import load_checkpoint
 from pointcell.masks import Cells
 from pointcell.model import (
@@ -52,6 +53,21 @@ class Predictor:
     source: str
     classes: tuple[str, ...] = ()  # cell classes of a classifying model
     detection_head: bool = False  # a proximity head: cells at its peaks
+    # settings tuned on clicked images of one stain ("he", "ihc"; see pointcell.tune)
+    postprocess_by_stain: dict[str, PostprocessParams] = field(default_factory=dict)
+
+    def postprocess_for(self, stain: str | None) -> PostprocessParams:
+        """The settings for images of ``stain``: those tuned for it, else the model's own."""
+        if stain is None or stain not in self.postprocess_by_stain:
+            if stain is not None:
+                warnings.warn(
+                    f"{self.source} has no settings tuned for {stain} (pointcell tune --stain): "
+                    "using its own",
+                    PointcellWarning,
+                    stacklevel=2,
+                )
+            return self.postprocess
+        return self.postprocess_by_stain[stain]
 
     def autocast(self):  # noqa: ANN201
         if self.dtype is None:
@@ -86,6 +102,10 @@ def predictor_from_state(
     chosen = select_device(device)
     net.to(chosen).to(memory_format=torch.channels_last).eval()
     post = PostprocessParams(**state.get("postprocess", {}))
+    by_stain = {
+        stain: PostprocessParams(**values)
+        for stain, values in state.get("postprocess_by_stain", {}).items()
+    }
     return Predictor(
         net,
         list(state["normalisation"]["mean"]),
@@ -97,6 +117,7 @@ def predictor_from_state(
         source,
         config.classes,
         config.detection_head,
+        by_stain,
     )  # type: ignore[arg-type]
 
 

@@ -47,13 +47,15 @@ class PredictSettings:
     """Everything ``pointcell predict`` is told besides its inputs and output folder.
 
     ``postprocess`` overrides some of the model's own post-processing settings (by name of
-    :class:`~pointcell.postprocess.PostprocessParams`); ``tile``/``overlap``/``batch_size`` are
+    :class:`~pointcell.postprocess.PostprocessParams`), or of those it was tuned with for
+    ``stain``; ``tile``/``overlap``/``batch_size`` are
     the network's tiles (px at the working pixel size); ``slide`` how whole slides are read,
     and ``cluster``/``workers`` where their tiles run (a Dask scheduler, or local processes).
     """
 
     model: str = DEFAULT_MODEL
     mpp: float | None = None
+    stain: str | None = None  # the images' stain: the model's settings tuned for it
     postprocess: dict[str, Any] = field(default_factory=dict)
     tile: int = 512
     overlap: int = 128
@@ -106,7 +108,7 @@ def predict_paths(
     predictor = load_predictor(settings.model, device=settings.device, precision=settings.precision)
     if settings.adapt_norm:
         predictor = adapted_to_images(predictor, plain, mpp=settings.mpp, tile=settings.tile)
-    params = replace(predictor.postprocess, **settings.postprocess)
+    params = replace(predictor.postprocess_for(settings.stain), **settings.postprocess)
     image_summaries = []
     if plain:
         image_summaries = predict_images(

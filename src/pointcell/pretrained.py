@@ -24,6 +24,7 @@ WEIGHT_KEYS = (
     "normalisation",
     "working_mpp",
     "postprocess",
+    "postprocess_by_stain",
     "step",
     "elapsed_s",
     "best_score",

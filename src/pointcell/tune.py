@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from pointcell.errors import PointcellInputError
 from pointcell.evaluate import read_ground_truth
 from pointcell.inference import Predictor, cells_from_maps, predict_image_maps
+from pointcell.io.checkpoints import load_checkpoint
 from pointcell.io.images import read_image, resolve_mpp
 from pointcell.io.pairing import pair_images_with_points
 from pointcell.metrics import DetectionScores, detection_scores
@@ -197,8 +198,18 @@ def predict_clicked(
 
 
 def write_tuned_model(
-    source: str | os.PathLike[str], out: str | os.PathLike[str], params: PostprocessParams
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    params: PostprocessParams,
+    *,
+    stain: str | None = None,
 ) -> Path:
-    """A copy of the model (weights as they are) that post-processes with ``params``."""
-    extra: dict[str, Any] = {"postprocess": params.to_dict()}
-    return export_model(resolve_checkpoint(source), out, half=False, extra=extra)
+    """A copy of the model (weights as they are) that post-processes with ``params``: always,
+    or (with ``stain``) when predicting images of that stain, its other settings kept."""
+    path = resolve_checkpoint(source)
+    if stain is None:
+        extra: dict[str, Any] = {"postprocess": params.to_dict()}
+    else:
+        by_stain = dict(load_checkpoint(path).get("postprocess_by_stain", {}))
+        extra = {"postprocess_by_stain": {**by_stain, stain: params.to_dict()}}
+    return export_model(path, out, half=False, extra=extra)

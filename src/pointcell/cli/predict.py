@@ -38,6 +38,12 @@ RUN_OPTIONS = ("gzip_geojson", "labels_zarr", "resume", "overwrite")
 # Overrides of the model's own post-processing (None: the model's).
 _postprocess_options = stack(
     click.option(
+        "--stain",
+        type=click.Choice(["he", "ihc"]),
+        help="The images' stain: use the settings the model was tuned with for it "
+        "(pointcell tune --stain), if any. Default: the model's own settings.",
+    ),
+    click.option(
         "--instances",
         type=click.Choice(["watershed", "connected"]),
         help="Split the nucleus mask by a watershed from the detections (default) or "

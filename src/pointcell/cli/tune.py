@@ -58,6 +58,12 @@ if TYPE_CHECKING:
     help="Minimum distance between detections to try, in µm; repeat for more. Default: 2, "
     "2.5, 3, 3.5 and 4 (the model's own is always tried).",
 )
+@click.option(
+    "--stain",
+    type=click.Choice(["he", "ihc"]),
+    help="Tune for images of this stain only: the model keeps its other settings and "
+    "predict uses these with --stain. Default: replace the model's own settings.",
+)
 @device_options
 def tune(
     model: str,
@@ -68,6 +74,7 @@ def tune(
     mpp: float | None,
     tta: bool,
     distances: tuple[float, ...],
+    stain: str | None,
     device: str,
     precision: Precision,
 ) -> None:
@@ -93,17 +100,19 @@ def tune(
         raise click.UsageError("give both --images and --points, or neither (a run's validation)")
     predictor = load_predictor(model, device=device, precision=precision)
     items = predict_clicked(predictor, held_out, mpp=mpp, tta=tta)
+    own = predictor.postprocess_by_stain.get(stain or "", predictor.postprocess)
     trials = tune_postprocess(
-        predictor, items, radius_um=radius_um, distances=distances or DISTANCE_GRID
+        predictor, items, radius_um=radius_um, base=own, distances=distances or DISTANCE_GRID
     )
     knob = tuned_setting(predictor)
-    _echo_trials(trials, [knob, "min_distance_um"], predictor.postprocess)
+    _echo_trials(trials, [knob, "min_distance_um"], own)
     best = trials[0]
-    write_tuned_model(model, out, best.params)
+    write_tuned_model(model, out, best.params, stain=stain)
     click.echo(
         f"best {knob} {getattr(best.params, knob):.2f}, min_distance_um "
         f"{best.params.min_distance_um:.2f} on {len(items)} image(s): detection F1 "
-        f"{best.scores.f1:.3f}; wrote {out} (use it with pointcell predict --model {out})"
+        f"{best.scores.f1:.3f}; wrote {out} (use it with pointcell predict --model {out}"
+        f"{f' --stain {stain}' if stain else ''})"
     )
 
 

@@ -1,0 +1,203 @@
+"""One general model for H&E and Ki67 IHC against the training-free floor (issue 29).
+
+Run: ``python benchmarks/general.py [--steps 3000] [--encoder tu-tf_efficientnet_lite0]
+[--score-only]`` with the data in ``../shared/data``. Gathers MoNuSeg (Kumar training and
+validation images, clicks = mask centroids, 0.25 µm/px), CRCHisto (its training and validation
+split, clicks moved to 0-based pixels, 0.55 µm/px) and SHIDC-B-Ki-67 (every tile but those of
+slide ``p1_0317``, 0.25 µm/px) into ``runs/general-data`` as TIFFs that record their pixel size,
+untyped (detection and segmentation only), so one run trains at 0.5 µm/px on all three. The run
+(``runs/general-<encoder>-<weights>``, ImageNet start by default, HED jitter 0.05, stain
+strength 0.5-1.5) resumes where it stopped, so the run may span several sessions; ``--score-only``
+scores its latest best weights without training further. Scored on the three held-out sets
+(Kumar test 14 against masks, CRCHisto test 20 and the ``p1_0317`` tiles against clicks) beside
+the floor and the shipped ``pointcell-he``. Writes ``benchmarks/results/general.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED, monuseg_dir, provenance, write_result  # noqa: E402
+from _runs import (  # noqa: E402
+    CRC_DATA,
+    CRC_MPP,
+    KI67_MPP,
+    RUNS,
+    best_step,
+    cli,
+    floor,
+    fmt,
+    predict_and_evaluate,
+    trained_steps,
+    zero_based_points,
+)
+from classes import tuned_dab_threshold  # noqa: E402
+from pointcell.io.images import read_image  # noqa: E402
+from pointcell.io.points import Points, read_points, write_points_csv  # noqa: E402
+
+MONUSEG_MPP = 0.25
+KUMAR = json.loads((Path(__file__).parent / "monuseg_split.json").read_text())
+SHIDC = SHARED / "shidc_ki67"
+SHIDC_TEST_SLIDE = "p1_0317"
+SHIDC_VAL = ("p1_0299_1", "p2_0183_8")
+CRC_VAL = 4  # of CRCHisto's 10 validation images: validation predicts every one at each check
+DATA = RUNS / "general-data"
+METRICS = ("aji", "pq", "f1", "det_precision", "det_recall", "det_f1", "count_ccc")
+
+
+def add_image(source: Path, clicks: np.ndarray, mpp: float, stem: str) -> None:
+    """``stem`` in the gathered set: the image as a TIFF recording ``mpp``, untyped clicks."""
+    target = DATA / "images" / f"{stem}.tif"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pixels = read_image(source).pixels
+        per_cm = 10_000.0 / mpp
+        tifffile.imwrite(target, pixels, resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    write_points_csv(DATA / "points" / f"{stem}.csv", Points(clicks, [None] * len(clicks)))
+
+
+def gather() -> dict[str, list[str]]:
+    """Fill ``runs/general-data`` and return its split (stems of training and validation)."""
+    monuseg = monuseg_dir()
+    for stem in KUMAR["train"] + KUMAR["val"]:
+        clicks = read_points(monuseg / "masks" / f"{stem}.tif").xy
+        add_image(monuseg / "images" / f"{stem}.png", clicks, MONUSEG_MPP, stem)
+    crc_split = json.loads((CRC_DATA / "split.json").read_text())
+    crc_points = zero_based_points(CRC_DATA / "points", RUNS / "crchisto-points-0based")
+    crc_val = crc_split["validation"][:CRC_VAL]
+    for stem in crc_split["train"] + crc_val:
+        clicks = read_points(crc_points / f"{stem}.csv").xy
+        add_image(CRC_DATA / "images" / f"{stem}.png", clicks, CRC_MPP, stem)
+    shidc = [p.stem for p in sorted((SHIDC / "images").glob("*.jpg"))]
+    shidc = [s for s in shidc if not s.startswith(SHIDC_TEST_SLIDE)]
+    for stem in shidc:
+        clicks = read_points(SHIDC / "points" / f"{stem}.csv").xy
+        add_image(SHIDC / "images" / f"{stem}.jpg", clicks, KI67_MPP, stem)
+    val = KUMAR["val"] + crc_val + list(SHIDC_VAL)
+    train = KUMAR["train"] + crc_split["train"] + [s for s in shidc if s not in SHIDC_VAL]
+    return {"train": train, "val": val, "test": []}
+
+
+def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
+    """Train, resume or (with --score-only) just find the general run."""
+    run = RUNS / name
+    if (run / "last.pt").is_file():
+        done, total = trained_steps(run)
+        if not args.score_only and done < args.steps:
+            extend = ("--steps", str(args.steps)) if total != args.steps else ()
+            cli("train", "--resume", str(run), *extend)
+        return run
+    if args.score_only:
+        raise SystemExit(f"{run} has not been trained yet")
+    split_file = RUNS / f"{name}-split.json"
+    split_file.write_text(json.dumps(split))
+    cli(
+        "train",
+        "--images", str(DATA / "images"),
+        "--points", str(DATA / "points"),
+        "--split", str(split_file),
+        "--clip",
+        "--preset", "cpu",
+        "--encoder", args.encoder,
+        "--encoder-weights", args.weights,
+        "--hed-jitter", "0.05",
+        "--stain-scale", "0.5", "1.5",
+        "--steps", str(args.steps),
+        "--val-every", str(args.val_every),
+        "--out", str(run),
+    )  # fmt: skip
+    return run
+
+
+def held_out_sets() -> list[tuple[str, list[Path], Path, float, list[str]]]:
+    """(name, images, ground truth, µm/px, floor options) of each held-out set."""
+    monuseg = monuseg_dir()
+    kumar = [
+        monuseg / "images" / f"{s}.png" for k in KUMAR if k.startswith("test_") for s in KUMAR[k]
+    ]
+    crc = json.loads((CRC_DATA / "split.json").read_text())["test"]
+    crc_images = [CRC_DATA / "images" / f"{s}.png" for s in crc]
+    shidc = sorted((SHIDC / "images").glob(f"{SHIDC_TEST_SLIDE}_*.jpg"))
+    shidc_train = [p for p in sorted((SHIDC / "images").glob("*.jpg")) if p not in shidc]
+    threshold = tuned_dab_threshold(shidc_train, SHIDC / "points", KI67_MPP)
+    return [
+        ("Kumar test 14 (H&E, masks)", kumar, monuseg / "masks", MONUSEG_MPP, []),
+        (
+            "CRCHisto test 20 (H&E, clicks)",
+            crc_images,
+            RUNS / "crchisto-points-0based",
+            CRC_MPP,
+            [],
+        ),
+        (
+            f"SHIDC {SHIDC_TEST_SLIDE} tiles (Ki67, clicks)",
+            shidc,
+            SHIDC / "points",
+            KI67_MPP,
+            ["--stain", "ihc", "--dab-threshold", f"{threshold:.5f}"],
+        ),
+    ]
+
+
+def score(run: Path, label: str) -> list[tuple[str, str, dict]]:
+    """(set, method, aggregate scores) of the floor, pointcell-he and ``run`` on every set."""
+    rows = []
+    for k, (name, images, gt, mpp, floor_args) in enumerate(held_out_sets()):
+        out = RUNS / f"general-scores-{k}"
+        rows.append(
+            (name, "training-free floor", floor(images, gt, mpp, out / "floor", floor_args))
+        )
+        he = predict_and_evaluate(Path("pointcell-he"), images, gt, mpp, out / "pointcell-he")
+        rows.append((name, "`pointcell-he` (shipped)", he))
+        rows.append((name, label, predict_and_evaluate(run, images, gt, mpp, out / run.name)))
+    return rows
+
+
+def report(rows: list[tuple[str, str, dict]], run: Path, command: str, minutes: float) -> str:
+    done, total = trained_steps(run)
+    lines = [
+        "# One general model: H&E and Ki67 IHC against the training-free floor",
+        "",
+        f"Command: `{command}`; {provenance()}; {minutes:.0f} min this call.",
+        f"Run `{run.name}`: {done} of {total} steps done, scored with its best weights (step "
+        f"{best_step(run)}, chosen on the validation clicks of the three sources). Predictions "
+        "with TTA; detection matched within 3 µm; AJI and PQ need masks (Kumar only).",
+        "",
+        "| held-out set | method | AJI | PQ | pixel F1 | det P | det R | det F1 | count CCC |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, method, scores in rows:
+        values = " | ".join(fmt(scores.get(m)) for m in METRICS)
+        lines.append(f"| {name} | {method} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--encoder", default="tu-tf_efficientnet_lite0")
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--score-only", action="store_true")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    name = f"general-{args.encoder.removeprefix('tu-')}-{args.weights}"
+    run = train_general(name, args, gather())
+    label = f"general ({args.encoder}, {args.weights} start, all three sources)"
+    text = report(
+        score(run, label), run, "python " + " ".join(sys.argv), (time.perf_counter() - start) / 60
+    )
+    print(text)
+    write_result("general.md", text)
+
+
+if __name__ == "__main__":
+    main()
