@@ -19,6 +19,7 @@ from pointcell.train import (
     TrainConfig,
     Trainer,
     TrainingInterrupted,
+    config_from_options,
     fit,
     learning_rate,
     preset_config,
@@ -251,6 +252,22 @@ def test_presets_and_config_validation():
     assert preset_config("paper", images="i", points="p").model.encoder == "resnet50"
     assert preset_config("paper", images="i", points="p").steps == 60_900
     assert preset_config("cpu", images="i", points="p", epochs=3).epochs == 3
+
+
+def test_the_cpu_preset_starts_from_imagenet_only_with_its_own_encoder():
+    cpu = config_from_options("cpu", images="i", points="p")
+    assert cpu.model.encoder == "tu-tf_efficientnet_lite0" and cpu.encoder_weights == "imagenet"
+    other = config_from_options("cpu", images="i", points="p", encoder="resnet18")
+    assert other.model.encoder == "resnet18" and other.encoder_weights is None
+    asked = config_from_options(
+        "cpu", images="i", points="p", encoder="resnet18", encoder_weights="w.pth"
+    )
+    assert asked.encoder_weights == "w.pth"
+    assert (
+        config_from_options("cpu", images="i", points="p", encoder_weights="none").encoder_weights
+        is None
+    )
+    assert config_from_options("paper", images="i", points="p").encoder_weights is None
     with pytest.raises(PointcellInputError, match="unknown preset"):
         preset_config("fast", images="i", points="p")
     with pytest.raises(ValueError, match="multiple of 32"):

@@ -33,8 +33,8 @@ _training_options = stack(
         type=click.Choice(["cpu", "paper"]),
         default="cpu",
         show_default=True,
-        help="cpu: ResNet18, 3,000 steps (2 cores: ~25 min with AVX-512 BF16, ~4 h in "
-        "fp32 without); paper: ResNet50, 60,900 steps (a GPU).",
+        help="cpu: EfficientNet-Lite0 from ImageNet (offline), 3,000 steps (2 cores: "
+        "1-2 h); paper: ResNet50, 60,900 steps (a GPU).",
     ),
     click.option(
         "--steps",
@@ -55,10 +55,9 @@ _training_options = stack(
     ),
     click.option(
         "--encoder-weights",
-        default="none",
-        show_default=True,
-        help="'imagenet' (offline from pointcell[imagenet] for "
-        "tu-tf_efficientnet_lite0/1/2, else a download), 'none', or a local file.",
+        help="'imagenet' (offline for tu-tf_efficientnet_lite0, and lite1/2 with "
+        "pointcell[imagenet]; else a download), 'none', or a local file. Default: the "
+        "preset's with its encoder (cpu: imagenet), else none.",
     ),
     click.option(
         "--tasks",
