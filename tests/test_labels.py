@@ -58,3 +58,13 @@ def test_zero_cells_work_end_to_end(sample, tmp_path):
     assert summary.n_points == 0 and summary.nucleus_fraction == 0
     cluster = np.asarray(Image.open(tmp_path / "out" / "cluster" / f"{stem}.png"))
     assert (cluster == BACKGROUND).all()
+
+
+def test_worker_processes_write_the_same_files_in_the_same_order(sample, tmp_path):
+    alone = write_labels(sample / "images", sample / "points", tmp_path / "one", workers=1)
+    shared = write_labels(sample / "images", sample / "points", tmp_path / "two", workers=2)
+    assert shared == alone  # summaries in the images' order
+    written = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.*"))
+    assert len(written) == 4 * len(alone)
+    for path in written:
+        assert (tmp_path / "two" / path).read_bytes() == (tmp_path / "one" / path).read_bytes()

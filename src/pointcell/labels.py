@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -49,6 +52,7 @@ def write_labels(
     params: EncodingParams = EncodingParams(),
     roi: str | os.PathLike[str] | None = None,
     neighbourhood_um: float = NEIGHBOURHOOD_UM,
+    workers: int | None = None,
     progress: bool = True,
 ) -> list[LabelSummary]:
     """Encode every image/points pair and write ``out/{voronoi,cluster,repel,overlay}/<stem>``.
@@ -57,18 +61,60 @@ def write_labels(
     repel code a float32 TIFF (-1 where the repel loss skips the pixel), the overlay an RGB
     PNG. Each file appears atomically. A whole slide gives one set per training region,
     ``<slide>_r<k>``, the size of the region's bounding box at level-0 resolution (see
-    :mod:`pointcell.regions`); it is never read whole.
+    :mod:`pointcell.regions`); it is never read whole. ``workers`` processes (default: one
+    per CPU core) encode different images side by side.
     """
     out = Path(out)
     pairs = pair_images_with_points(images, points)
     if not pairs:
         raise PointcellInputError(f"no image with a points file in {images}: nothing to encode")
     sources = label_sources(pairs, mpp=mpp, clip=clip, roi=roi, neighbourhood_um=neighbourhood_um)
+    groups = _by_image(sources)
+    job = partial(_label_group, out, mpp=mpp, clip=clip, params=params)
+    workers = min(workers or os.cpu_count() or 1, len(groups))
+    bar = tqdm(total=len(sources), desc="encoding", unit="image", disable=not progress)
+    summaries: list[LabelSummary] = []
+    pool = _pool(workers)
+    with bar, pool or nullcontext():
+        for done in pool.map(job, groups) if pool else map(job, groups):
+            summaries += done
+            bar.update(len(done))
+    return summaries
+
+
+def _by_image(sources: list[LabelSource]) -> list[list[LabelSource]]:
+    """The sources grouped by image file, in order: a slide's regions go to one worker,
+    which opens the slide once."""
+    groups: dict[Path, list[LabelSource]] = {}
+    for source in sources:
+        groups.setdefault(source.pair.image, []).append(source)
+    return list(groups.values())
+
+
+def _pool(workers: int) -> ProcessPoolExecutor | None:
+    """Worker processes (forked where the system can: they start at once, with the kernels
+    already loaded), or None: this process alone."""
+    if workers <= 1:
+        return None
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return ProcessPoolExecutor(workers, mp_context=context)
+
+
+def _label_group(
+    out: Path,
+    sources: list[LabelSource],
+    *,
+    mpp: float | None,
+    clip: bool,
+    params: EncodingParams,
+) -> list[LabelSummary]:
+    """Encode and write the sources of one image file; files are compressed and written in a
+    second thread while the next region is encoded."""
     summaries = []
-    # files are compressed and written in a second thread while the next image is encoded
     with ThreadPoolExecutor(1) as writer, OpenSlides(mpp=mpp) as slides:
         pending: deque[Future[None]] = deque()
-        for source in tqdm(sources, desc="encoding", unit="image", disable=not progress):
+        for source in sources:
             encoded, pixel_size = _encode(source, slides, mpp=mpp, clip=clip, params=params)
             pending.append(writer.submit(_write_maps, out, encoded))
             while len(pending) > 1:

@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 @region_options
 @encoding_options
 @seed_option("Seed of the global k-means (--clustering global).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes encoding images side by side. Default: one per CPU core.",
+)
 def labels(
     images: Path,
     points: Path,
@@ -53,6 +58,7 @@ def labels(
     unclicked: UnclickedMode,
     fuse_floor: FloorFusion,
     seed: int,
+    workers: int | None,
 ) -> None:
     """Encode point labels as Voronoi, cluster and repel label maps, with overlays."""
     from pointcell.encodings import EncodingParams
@@ -70,6 +76,7 @@ def labels(
         params=params,
         roi=roi,
         neighbourhood_um=neighbourhood_um,
+        workers=workers,
     )
     for s in summaries:
         click.echo(
