@@ -16,6 +16,7 @@ from pointcell.encodings import (
     single_click_nuclei,
     unclicked_nuclei,
     voronoi_label,
+    with_single_click_nuclei,
 )
 from pointcell.floor import hematoxylin_watershed
 
@@ -263,6 +264,25 @@ def test_single_click_nuclei_keeps_objects_around_one_click_within_its_voronoi_c
     expected = nuclei == 1
     expected[2:6, 21:24] = True
     assert (kept == expected).all()
+
+
+def test_a_models_nuclei_join_the_label_but_not_on_voronoi_lines():
+    label = np.full((6, 12), IGNORE, np.uint8)
+    label[5, 0] = BACKGROUND
+    nuclei = np.zeros((6, 12), np.int32)
+    nuclei[0:3, 0:3] = 1  # around click A alone
+    nuclei[1:5, 7:12] = 2  # around click B alone, crossing the line drawn at column 8
+    points = np.array([[1.0, 1.0], [10.0, 3.0]])
+    near = nearest_points(points, label.shape)
+    edges = np.zeros(label.shape, bool)
+    edges[:, 8] = True
+    fused = with_single_click_nuclei(label, nuclei, points, near, edges)
+    assert (label[:5] == IGNORE).all()  # the input is not changed
+    expected = label.copy()
+    expected[0:3, 0:3] = NUCLEUS
+    expected[1:5, 9:12] = NUCLEUS
+    expected[1:5, 7] = NUCLEUS  # column 7 is nearer B than A
+    assert (fused == expected).all()
 
 
 def test_fused_labels_add_the_floor_nuclei_around_one_click(disks):

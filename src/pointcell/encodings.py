@@ -334,8 +334,23 @@ def cluster_label(
         floor = hematoxylin_watershed(
             image, mpp=mpp, params=WatershedParams(stain=params.fuse_floor)
         )
-        label[single_click_nuclei(floor.labels, points_xy, near) & ~edges] = NUCLEUS
+        label = with_single_click_nuclei(label, floor.labels, points_xy, near, edges)
     return label
+
+
+def with_single_click_nuclei(
+    label: np.ndarray,
+    nuclei: np.ndarray,
+    points_xy: np.ndarray,
+    near: NearestPoints,
+    edges: np.ndarray,
+) -> np.ndarray:
+    """A copy of the cluster ``label`` with the instances of another segmentation (the floor's,
+    or a model's for self-training) that hold exactly one click set to NUCLEUS, Voronoi lines
+    kept as they are."""
+    fused = label.copy()
+    fused[single_click_nuclei(nuclei, points_xy, near) & ~edges] = NUCLEUS
+    return fused
 
 
 def single_click_nuclei(
