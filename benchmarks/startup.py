@@ -3,8 +3,9 @@
 Times ``pointcell --help`` (median of 5 runs), the modules ``import pointcell.cli`` loads, and
 ``pointcell labels`` on the first N MoNuSeg 1000x1000 images with their mask centroids as
 clicks (end to end, start-up included, divided by N). Run it once per code version under
-comparison, naming the row (``--label before`` with ``PYTHONPATH=<old checkout>/src``);
-``benchmarks/results/startup.md`` keeps one row per label.
+comparison, naming the row (``--label before`` with ``PYTHONPATH=<old checkout>/src``;
+``--workers`` is passed to ``pointcell labels``); ``benchmarks/results/startup.md`` keeps one
+row per label.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def heavy_imports() -> list[str]:
     return json.loads(out.stdout.replace("'", '"'))
 
 
-def labels_per_image(n_images: int) -> float:
+def labels_per_image(n_images: int, workers: list[str]) -> float:
     """Seconds per image of one ``pointcell labels`` run over ``n_images`` images."""
     source = monuseg_dir()
     stems = sorted(p.stem for p in (source / "images").glob("*.png"))[:n_images]
@@ -48,7 +49,7 @@ def labels_per_image(n_images: int) -> float:
         for stem in stems:
             shutil.copy(source / "images" / f"{stem}.png", images)
             shutil.copy(source / "masks" / f"{stem}.tif", points)
-        args = ["labels", "--images", str(images), "--points", str(points)]
+        args = ["labels", "--images", str(images), "--points", str(points), *workers]
         return wall([*args, "--out", str(Path(work, "out")), "--mpp", "0.25"]) / len(stems)
 
 
@@ -56,12 +57,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--label", default="current", help="name of this row")
     parser.add_argument("--images", type=int, default=10, help="MoNuSeg images to encode")
+    parser.add_argument("--workers", help="pointcell labels --workers (default: its own)")
     args = parser.parse_args()
     help_s = statistics.median(wall(["--help"]) for _ in range(5))
     row = {
         "help_s": round(help_s, 3),
         "imports": heavy_imports(),
-        "labels_s_per_image": round(labels_per_image(args.images), 3),
+        "labels_s_per_image": round(
+            labels_per_image(args.images, ["--workers", args.workers] if args.workers else []), 3
+        ),
         "n_images": args.images,
         "pythonpath": os.environ.get("PYTHONPATH", ""),
         "provenance": provenance(),
