@@ -52,7 +52,7 @@ def write_labels(
     params: EncodingParams = EncodingParams(),
     roi: str | os.PathLike[str] | None = None,
     neighbourhood_um: float = NEIGHBOURHOOD_UM,
-    workers: int | None = None,
+    workers: int = 1,
     progress: bool = True,
 ) -> list[LabelSummary]:
     """Encode every image/points pair and write ``out/{voronoi,cluster,repel,overlay}/<stem>``.
@@ -61,8 +61,9 @@ def write_labels(
     repel code a float32 TIFF (-1 where the repel loss skips the pixel), the overlay an RGB
     PNG. Each file appears atomically. A whole slide gives one set per training region,
     ``<slide>_r<k>``, the size of the region's bounding box at level-0 resolution (see
-    :mod:`pointcell.regions`); it is never read whole. ``workers`` processes (default: one
-    per CPU core) encode different images side by side.
+    :mod:`pointcell.regions`); it is never read whole. ``workers`` processes encode
+    different images side by side (each starts by importing pointcell: worth it for many
+    images).
     """
     out = Path(out)
     pairs = pair_images_with_points(images, points)
@@ -71,7 +72,7 @@ def write_labels(
     sources = label_sources(pairs, mpp=mpp, clip=clip, roi=roi, neighbourhood_um=neighbourhood_um)
     groups = _by_image(sources)
     job = partial(_label_group, out, mpp=mpp, clip=clip, params=params)
-    workers = min(workers or os.cpu_count() or 1, len(groups))
+    workers = min(workers, len(groups))
     bar = tqdm(total=len(sources), desc="encoding", unit="image", disable=not progress)
     summaries: list[LabelSummary] = []
     pool = _pool(workers)
@@ -92,13 +93,11 @@ def _by_image(sources: list[LabelSource]) -> list[list[LabelSource]]:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor | None:
-    """Worker processes (forked where the system can: they start at once, with the kernels
-    already loaded), or None: this process alone."""
+    """Worker processes, or None: this process alone. Workers are spawned, not forked: a
+    process forked from one with threads running (torch's, a notebook's) can deadlock."""
     if workers <= 1:
         return None
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return ProcessPoolExecutor(workers, mp_context=context)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _label_group(

@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    help="Processes encoding images side by side. Default: one per CPU core.",
+    default=1,
+    show_default=True,
+    help="Processes encoding images side by side (each costs ~1.5 s to start).",
 )
 def labels(
     images: Path,
@@ -58,7 +60,7 @@ def labels(
     unclicked: UnclickedMode,
     fuse_floor: FloorFusion,
     seed: int,
-    workers: int | None,
+    workers: int,
 ) -> None:
     """Encode point labels as Voronoi, cluster and repel label maps, with overlays."""
     from pointcell.encodings import EncodingParams
