@@ -193,7 +193,8 @@ def report(rows: list[tuple[str, str, dict]], run: Path, command: str, minutes: 
         "validation: 2 Kumar, 4 CRCHisto and 2 SHIDC images. Tuned per stain: `pointcell "
         "tune --stain he` on the 6 H&E validation images, `--stain ihc` on the 2 Ki67 ones, "
         "with TTA. Predictions with TTA; detection matched within 3 µm; AJI and PQ need "
-        "masks (Kumar only).",
+        "masks (Kumar only). `pointcell-he` was trained on the points of all 30 MoNuSeg "
+        "images, the Kumar test images among them: its Kumar row is not held out.",
         "",
         "| held-out set | method | AJI | PQ | pixel F1 | det P | det R | det F1 | count CCC |",
         "|---|---|---|---|---|---|---|---|---|",
