@@ -112,7 +112,8 @@ def cache_key(
 
 
 _CACHED_ARRAYS = ("image", "voronoi", "cluster", "repel", "points_xy", "point_classes")
-_MAPPED_ARRAYS = ("image", "voronoi", "cluster", "repel", "inside")  # the per-pixel ones
+_OPTIONAL_ARRAYS = ("inside",)  # the training region, absent for a whole tile
+_LISTS = ("points_xy", "point_classes")  # read into memory; the per-pixel rest is mapped
 
 
 def load_cached(path: Path, stem: str) -> PreparedImage | None:
@@ -122,14 +123,13 @@ def load_cached(path: Path, stem: str) -> PreparedImage | None:
     holds only the pages its patches touch, and the system may drop them again."""
     if not (path / "image.npy").is_file():
         return None
+    names = [*_CACHED_ARRAYS, *(n for n in _OPTIONAL_ARRAYS if (path / f"{n}.npy").is_file())]
     try:
         arrays = {
-            name: np.load(path / f"{name}.npy", mmap_mode="r" if name in _MAPPED_ARRAYS else None)
-            for name in _CACHED_ARRAYS
+            name: np.load(path / f"{name}.npy", mmap_mode=None if name in _LISTS else "r")
+            for name in names
         }
-        inside = path / "inside.npy"
-        mask = np.load(inside, mmap_mode="r") if inside.is_file() else None
-        return PreparedImage(stem, **arrays, inside=mask)
+        return PreparedImage(stem, **arrays)
     except (OSError, ValueError):
         log.warning("ignoring unreadable cache folder %s", path)
         return None

@@ -199,9 +199,10 @@ def config_from_options(
     encoder starts from the preset's weights only with the preset's encoder (another
     encoder, or --init-from, starts from none unless ``encoder_weights`` says)."""
     model = _model_of(encoder, overrides.get("init_from"))
-    if encoder_weights is None:
-        preset_weights = PRESETS.get(preset, {}).get("encoder_weights")
-        encoder_weights = "none" if model is not None else preset_weights or "none"
+    if encoder_weights is None:  # the preset's start goes with the preset's encoder only
+        weights = None if model is not None else PRESETS.get(preset, {}).get("encoder_weights")
+    else:
+        weights = None if encoder_weights == "none" else encoder_weights
     if split_file is not None:
         overrides["split"] = read_json(Path(split_file), "split")
     try:
@@ -214,7 +215,6 @@ def config_from_options(
             augment=augment,
             **overrides,
         )
-        weights = None if encoder_weights == "none" else encoder_weights
         config = replace(config, encoder_weights=weights)  # None too: not the preset's
         if detection_head:
             config = replace(config, model=replace(config.model, detection_head=True))
