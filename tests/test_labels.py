@@ -1,10 +1,11 @@
 import numpy as np
+import pytest
 import tifffile
 from PIL import Image
 
 from pointcell.encodings import BACKGROUND, IGNORE, NUCLEUS, EncodingParams
 from pointcell.io.images import read_image
-from pointcell.labels import write_labels
+from pointcell.labels import BackgroundWriter, write_labels
 
 
 def test_write_labels_on_the_bundled_sample(sample, tmp_path):
@@ -68,3 +69,18 @@ def test_worker_processes_write_the_same_files_in_the_same_order(sample, tmp_pat
     assert len(written) == 4 * len(alone)
     for path in written:
         assert (tmp_path / "two" / path).read_bytes() == (tmp_path / "one" / path).read_bytes()
+
+
+def test_background_writer_runs_every_write_in_order_and_raises_a_failed_one():
+    written = []
+    with BackgroundWriter() as writer:
+        for k in range(5):
+            writer.submit(written.append, k)
+    assert written == [0, 1, 2, 3, 4]
+
+    def fail(_):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundWriter() as writer:
+            writer.submit(fail, 0)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import load_predictor
-from pointcell.io.predictions import list_images, region_mask
+from pointcell.io.predictions import list_images
 from pointcell.predict import predict_images
 
 
@@ -89,11 +89,3 @@ def test_a_region_of_interest_keeps_only_the_cells_inside(sample, small_checkpoi
             progress=False,
         )
     assert outside.n_cells == 0
-
-
-def test_region_mask_fills_polygons_and_leaves_their_holes():
-    ring = shapely.box(2, 2, 8, 8).difference(shapely.box(4, 4, 6, 6))
-    far = shapely.box(12, 0, 30, 3)  # runs past the image edge
-    mask = region_mask(shapely.union_all([ring, far]), (10, 16))
-    assert mask[3, 3] and not mask[5, 5] and not mask[0, 0]
-    assert mask[1, 13:].all() and not mask[5:, 12:].any()

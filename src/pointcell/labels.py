@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -75,9 +76,8 @@ def write_labels(
     workers = min(workers, len(groups))
     bar = tqdm(total=len(sources), desc="encoding", unit="image", disable=not progress)
     summaries: list[LabelSummary] = []
-    pool = _pool(workers)
-    with bar, pool or nullcontext():
-        for done in pool.map(job, groups) if pool else map(job, groups):
+    with bar:
+        for done in _run_groups(job, groups, workers):
             summaries += done
             bar.update(len(done))
     return summaries
@@ -92,12 +92,42 @@ def _by_image(sources: list[LabelSource]) -> list[list[LabelSource]]:
     return list(groups.values())
 
 
-def _pool(workers: int) -> ProcessPoolExecutor | None:
-    """Worker processes, or None: this process alone. Workers are spawned, not forked: a
-    process forked from one with threads running (torch's, a notebook's) can deadlock."""
+def _run_groups(
+    job: Callable[..., list[LabelSummary]], groups: list[list[LabelSource]], workers: int
+) -> Iterator[list[LabelSummary]]:
+    """``job`` on each group, in order. Alone, one writer thread serves the whole job (image
+    k is written while k + 1 is encoded). Worker processes are spawned, not forked: a process
+    forked from one with threads running (torch's, a notebook's) can deadlock."""
     if workers <= 1:
-        return None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        with BackgroundWriter() as writer:
+            for group in groups:
+                yield job(group, writer=writer)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(job, groups)
+
+
+class BackgroundWriter:
+    """Runs file writes in one thread while the caller goes on; at most one write waits
+    behind the running one, so memory holds at most three images' maps. A failed write
+    raises at the next submit or on leaving the ``with`` block."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(1)
+        self._pending: deque[Future[None]] = deque()
+
+    def submit(self, write: Callable[..., None], *args: object) -> None:
+        self._pending.append(self._thread.submit(write, *args))
+        while len(self._pending) > 1:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._thread.shutdown(wait=True)
+        while self._pending:
+            self._pending.popleft().result()
 
 
 def _label_group(
@@ -107,17 +137,18 @@ def _label_group(
     mpp: float | None,
     clip: bool,
     params: EncodingParams,
+    writer: BackgroundWriter | None = None,
 ) -> list[LabelSummary]:
     """Encode and write the sources of one image file; files are compressed and written in a
-    second thread while the next region is encoded."""
+    second thread (``writer``, or one of its own) while the next region is encoded."""
     summaries = []
-    with ThreadPoolExecutor(1) as writer, OpenSlides(mpp=mpp) as slides:
-        pending: deque[Future[None]] = deque()
+    with (
+        nullcontext(writer) if writer else BackgroundWriter() as writes,
+        OpenSlides(mpp=mpp) as slides,
+    ):
         for source in sources:
             encoded, pixel_size = _encode(source, slides, mpp=mpp, clip=clip, params=params)
-            pending.append(writer.submit(_write_maps, out, encoded))
-            while len(pending) > 1:
-                pending.popleft().result()
+            writes.submit(_write_maps, out, encoded)
             summaries.append(
                 LabelSummary(
                     stem=source.stem,
@@ -127,8 +158,6 @@ def _label_group(
                     ignore_fraction=float((encoded.cluster == IGNORE).mean()),
                 )
             )
-        for future in pending:
-            future.result()
     return summaries
 
 

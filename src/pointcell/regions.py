@@ -30,8 +30,7 @@ from pointcell.encodings import IGNORE, REPEL_IGNORE, Encodings
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.io.pairing import ImagePointsPair
 from pointcell.io.points import Points, check_inside, read_annotations, subset
-from pointcell.io.predictions import region_mask
-from pointcell.io.roi import roi_for_images
+from pointcell.io.roi import region_mask, roi_for_images
 from pointcell.io.slides import Slide, is_whole_slide, open_slide, slide_stem
 
 NEIGHBOURHOOD_UM = 40.0  # region around each click of a slide without outlined regions

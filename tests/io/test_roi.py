@@ -4,7 +4,7 @@ import pytest
 import shapely
 
 from pointcell.errors import PointcellInputError
-from pointcell.io.roi import read_roi, roi_for_images
+from pointcell.io.roi import read_roi, region_mask, roi_for_images
 
 SQUARE = [[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]
 HOLE = [[40, 40], [60, 40], [60, 60], [40, 60], [40, 40]]
@@ -79,3 +79,11 @@ def test_regions_pair_with_images_by_stem(tmp_path):
     with pytest.raises(PointcellInputError, match="one file for 2 images"):
         roi_for_images(rois / "a.geojson", images)
     assert roi_for_images(rois / "a.geojson", images[:1])[images[0]].area == 10_000
+
+
+def test_region_mask_fills_polygons_and_leaves_their_holes():
+    ring = shapely.box(2, 2, 8, 8).difference(shapely.box(4, 4, 6, 6))
+    far = shapely.box(12, 0, 30, 3)  # runs past the image edge
+    mask = region_mask(shapely.union_all([ring, far]), (10, 16))
+    assert mask[3, 3] and not mask[5, 5] and not mask[0, 0]
+    assert mask[1, 13:].all() and not mask[5:, 12:].any()

@@ -18,7 +18,7 @@ from shapely.geometry.base import BaseGeometry
 from skimage.segmentation import find_boundaries
 
 from pointcell.errors import PointcellInputError
-from pointcell.io.cells import polygon_pixels, write_cells_csv, write_cells_geojson
+from pointcell.io.cells import write_cells_csv, write_cells_geojson
 from pointcell.io.images import (
     IMAGE_SUFFIXES,
     write_float_tiff,
@@ -26,6 +26,7 @@ from pointcell.io.images import (
     write_rgb_png,
 )
 from pointcell.io.jsonfiles import read_json, write_json
+from pointcell.io.roi import region_mask
 from pointcell.io.slides import SLIDE_SUFFIXES, slide_stem
 from pointcell.masks import Cells
 from pointcell.metrics import positive_percentage, proportion_ci
@@ -90,16 +91,6 @@ def cells_overlay(
     if roi is not None:
         out[find_boundaries(region_mask(roi, out.shape[:2]), mode="inner")] = (255, 230, 0)
     return out
-
-
-def region_mask(roi: BaseGeometry, shape: tuple[int, int]) -> np.ndarray:
-    """The pixels whose centre lies in a (Multi)Polygon region, holes left out."""
-    mask = np.zeros(shape, dtype=bool)
-    for polygon in getattr(roi, "geoms", [roi]):
-        mask[polygon_pixels(polygon.exterior.coords, shape)] = True
-        for hole in polygon.interiors:
-            mask[polygon_pixels(hole.coords, shape)] = False
-    return mask
 
 
 def write_prediction(

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
 from pointcell.errors import PointcellInputError
+from pointcell.io.cells import polygon_pixels
 from pointcell.io.jsonfiles import read_json
 from pointcell.io.points import geojson_features, read_xml_root, region_vertices
 from pointcell.io.slides import slide_stem
@@ -102,3 +104,13 @@ def roi_for_images(roi: str | os.PathLike[str], images: list[Path]) -> dict[Path
             f"{' ...' if len(missing) > 5 else ''} (expected <stem>.geojson or <stem>.xml)"
         )
     return regions
+
+
+def region_mask(roi: BaseGeometry, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels whose centre lies in a (Multi)Polygon region, holes left out."""
+    mask = np.zeros(shape, dtype=bool)
+    for polygon in getattr(roi, "geoms", [roi]):
+        mask[polygon_pixels(polygon.exterior.coords, shape)] = True
+        for hole in polygon.interiors:
+            mask[polygon_pixels(hole.coords, shape)] = False
+    return mask
