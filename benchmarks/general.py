@@ -82,8 +82,13 @@ def gather() -> dict[str, list[str]]:
         clicks = read_points(SHIDC / "points" / f"{stem}.csv").xy
         add_image(SHIDC / "images" / f"{stem}.jpg", clicks, KI67_MPP, stem)
     val = KUMAR["val"] + crc_val + list(SHIDC_VAL)
-    train = KUMAR["train"] + crc_split["train"] + [s for s in shidc if s not in SHIDC_VAL]
-    return {"train": train, "val": val, "test": []}
+    sources = {
+        "monuseg": KUMAR["train"],
+        "crchisto": crc_split["train"],
+        "shidc": [s for s in shidc if s not in SHIDC_VAL],
+    }
+    train = [stem for stems in sources.values() for stem in stems]
+    return {"train": train, "val": val, "test": [], "sources": sources}
 
 
 def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
@@ -98,7 +103,12 @@ def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
     if args.score_only:
         raise SystemExit(f"{run} has not been trained yet")
     split_file = RUNS / f"{name}-split.json"
-    split_file.write_text(json.dumps(split))
+    split_file.write_text(json.dumps({k: v for k, v in split.items() if k != "sources"}))
+    balance = ()
+    if args.balance_sources:
+        sources = RUNS / f"{name}-sources.json"
+        sources.write_text(json.dumps(split["sources"]))
+        balance = ("--sources", str(sources))
     cli(
         "train",
         "--images", str(DATA / "images"),
@@ -113,6 +123,7 @@ def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
         "--steps", str(args.steps),
         "--val-every", str(args.val_every),
         "--out", str(run),
+        *balance,
     )  # fmt: skip
     return run
 
@@ -165,8 +176,9 @@ def held_out_sets() -> list[tuple[str, list[Path], Path, float, list[str]]]:
     ]
 
 
-def score(run: Path, label: str) -> list[tuple[str, str, dict]]:
-    """(set, method, aggregate scores) of the floor, pointcell-he and ``run`` on every set."""
+def score(runs: list[tuple[Path, Path, str]]) -> list[tuple[str, str, dict]]:
+    """(set, method, aggregate scores) of the floor, pointcell-he and each (run, tuned model,
+    label) on every set, the tuned model with the settings of the set's stain."""
     rows = []
     for k, (name, images, gt, mpp, floor_args) in enumerate(held_out_sets()):
         out = RUNS / f"general-scores-{k}"
@@ -175,7 +187,13 @@ def score(run: Path, label: str) -> list[tuple[str, str, dict]]:
         )
         he = predict_and_evaluate(Path("pointcell-he"), images, gt, mpp, out / "pointcell-he")
         rows.append((name, "`pointcell-he` (shipped)", he))
-        rows.append((name, label, predict_and_evaluate(run, images, gt, mpp, out / run.name)))
+        stain = ("--stain", "ihc" if "Ki67" in name else "he")
+        for run, tuned, label in runs:
+            rows.append((name, label, predict_and_evaluate(run, images, gt, mpp, out / run.name)))
+            tuned_scores = predict_and_evaluate(
+                tuned, images, gt, mpp, out / f"{run.name}-tuned", extra=stain
+            )
+            rows.append((name, f"{label}, tuned per stain", tuned_scores))
     return rows
 
 
@@ -212,14 +230,23 @@ def main() -> None:
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--score-only", action="store_true")
+    parser.add_argument(
+        "--balance-sources",
+        action="store_true",
+        help="draw patches evenly from MoNuSeg, CRCHisto and SHIDC (run name ends -balanced)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     name = f"general-{args.encoder.removeprefix('tu-')}-{args.weights}"
     split = gather()
-    run = train_general(name, args, split)
-    tuned = tuned_per_stain(run, split)
-    label = f"general ({args.encoder}, {args.weights} start, all three sources)"
-    rows = score(run, tuned, label)
+    run = train_general(name + ("-balanced" if args.balance_sources else ""), args, split)
+    runs = []
+    for variant, sampling in (("", "patches by area"), ("-balanced", "sources balanced")):
+        other = RUNS / (name + variant)
+        if other == run or (other / "best.pt").is_file():
+            label = f"general ({args.encoder}, {args.weights} start, {sampling})"
+            runs.append((other, tuned_per_stain(other, split), label))
+    rows = score(runs)
     text = report(rows, run, "python " + " ".join(sys.argv), (time.perf_counter() - start) / 60)
     print(text)
     write_result("general.md", text)

@@ -11,6 +11,7 @@ from pointcell.data import (
     PatchSampler,
     channel_stats,
     proximity_target,
+    sampling_weights,
     split_stems,
     with_proximity,
 )
@@ -228,3 +229,12 @@ def test_sampled_proximity_follows_the_pixels():
     assert peaks.sum() > 0
     assert torch.equal(targets["cluster"][peaks], torch.ones(int(peaks.sum()), dtype=torch.long))
     assert targets["repel"].abs().max() == 0  # the two smooth targets do not mix
+
+
+def test_sampling_weights_follow_the_area_or_give_each_source_an_equal_share():
+    areas = [100, 300, 600]
+    assert np.allclose(sampling_weights(areas), [0.1, 0.3, 0.6])
+    # two small images of source "a" get half the patches, the large one of "b" the rest
+    assert np.allclose(sampling_weights(areas, ["a", "a", "b"]), [0.125, 0.375, 0.5])
+    with pytest.raises(ValueError, match="one source per image"):
+        sampling_weights(areas, ["a"])

@@ -1,5 +1,6 @@
 import os
 import signal
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from pointcell.train import (
     resolve_split,
 )
 from pointcell.train import run as train_run
+from pointcell.train.config import source_names
 from pointcell.train.trainer import PROXIMITY_LR_SCALE
 
 SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16))
@@ -440,3 +442,16 @@ def test_split_files_take_comments_and_test_groups_and_refuse_the_rest():
             resolve_split(
                 TrainConfig(images="i", points="p", steps=1, split=bad), {s: s for s in "abcd"}
             )
+
+
+def test_sources_file_names_each_training_image_source(tmp_path):
+    sources = tmp_path / "sources.json"
+    sources.write_text('{"kumar": ["a", "b"], "crc": ["c"]}')
+    config = config_from_options("cpu", images="i", points="p", steps=1, sources_file=sources)
+    assert source_names(config, ["a", "c", "z"]) == ["kumar", "crc", "(other images)"]
+    assert source_names(replace(config, sources=None), ["a"]) is None
+    refused = (('["a"]', "must be a JSON object"), ('{"x": ["a"], "y": ["a"]}', "two sources"))
+    for bad, words in refused:
+        sources.write_text(bad)
+        with pytest.raises(PointcellInputError, match=words):
+            config_from_options("cpu", images="i", points="p", steps=1, sources_file=sources)

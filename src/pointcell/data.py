@@ -153,6 +153,19 @@ NO_AUGMENT = AugmentParams(
 )
 
 
+def sampling_weights(areas: Sequence[float], sources: Sequence[str] | None = None) -> np.ndarray:
+    """Each image's chance to give the next patch: its share of the area, so every pixel is
+    as likely; with ``sources`` (one name per image), each source an equal share first, so a
+    source of many large tiles does not drown a small one."""
+    weights = np.asarray(areas, dtype=float)
+    if sources is not None:
+        if len(sources) != len(weights):
+            raise ValueError("give one source per image")
+        names, index = np.unique(np.asarray(sources), return_inverse=True)
+        weights = weights / np.bincount(index, weights=weights)[index] / len(names)
+    return weights / weights.sum()
+
+
 class PatchSampler:
     """Draws augmented training batches; batch ``i`` depends only on ``(seed, i)``.
 
@@ -172,6 +185,7 @@ class PatchSampler:
         std: Sequence[float],
         augment: AugmentParams,
         seed: int,
+        sources: Sequence[str] | None = None,
     ) -> None:
         if not images:
             raise PointcellInputError("no training images: every image needs a points file")
@@ -183,8 +197,8 @@ class PatchSampler:
         self.fill = np.rint(np.asarray(mean) * 255).astype(np.uint8)
         self.augment = augment
         self.seed = seed
-        areas = np.array([img.image.shape[0] * img.image.shape[1] for img in self.images], float)
-        self.weights = areas / areas.sum()
+        areas = [img.image.shape[0] * img.image.shape[1] for img in self.images]
+        self.weights = sampling_weights(areas, sources)
         # large enough for any rotation and the largest zoom-out (a patch zoomed by s covers
         # patch / s pixels); window - patch is even so that unrotated patches sample whole
         # pixels (labels and image stay aligned)

@@ -127,6 +127,14 @@ _data_options = stack(
         "Default: a seeded 80/10/10 split.",
     ),
     click.option(
+        "--sources",
+        "sources_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help='JSON {"source": [image stems]}: draw patches evenly from each source (images '
+        "named in none form one more), by area within a source. Default: by area alone, so "
+        "a source of many large images gives most patches.",
+    ),
+    click.option(
         "--classes",
         default="auto",
         show_default=True,

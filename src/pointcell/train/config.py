@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -53,6 +54,8 @@ class TrainConfig:
     seed: int = 0
     split: dict[str, list[str]] | None = None  # explicit {"train", "val", "test"} stems
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # {source: [stems]}: patches drawn evenly from each source (the rest: one more source)
+    sources: dict[str, list[str]] | None = None
     device: str = "auto"
     precision: Precision = "auto"
     cache_dir: str | None = None  # default: ~/.cache/pointcell/encodings
@@ -181,6 +184,30 @@ def _model_of(encoder: str | None, init_from: str | None) -> ModelConfig | None:
     return None
 
 
+def parse_sources(sources: object) -> dict[str, list[str]]:
+    """A checked ``{source: [image stems]}`` of a --sources file."""
+    if not isinstance(sources, dict) or not all(
+        isinstance(stems, list) and all(isinstance(s, str) for s in stems)
+        for stems in sources.values()
+    ):
+        raise PointcellInputError('the sources must be a JSON object {"source": [image stems]}')
+    seen: dict[str, str] = {}
+    for name, stems in sources.items():
+        for stem in stems:
+            if seen.setdefault(stem, name) != name:
+                raise PointcellInputError(f"image {stem} is in two sources: {seen[stem]}, {name}")
+    return dict(sources)
+
+
+def source_names(config: TrainConfig, stems: Sequence[str]) -> list[str] | None:
+    """The source of each training image (``None``: sample by area alone); images in no
+    source of ``config.sources`` form one more."""
+    if config.sources is None:
+        return None
+    of = {stem: name for name, listed in config.sources.items() for stem in listed}
+    return [of.get(stem, "(other images)") for stem in stems]
+
+
 def config_from_options(
     preset: str,
     *,
@@ -190,6 +217,7 @@ def config_from_options(
     classes: str = "auto",
     detection_head: bool = False,
     split_file: str | os.PathLike[str] | None = None,
+    sources_file: str | os.PathLike[str] | None = None,
     encoding: EncodingParams = EncodingParams(),
     augment: AugmentParams = AugmentParams(),
     **overrides: Any,
@@ -205,6 +233,8 @@ def config_from_options(
         weights = None if encoder_weights == "none" else encoder_weights
     if split_file is not None:
         overrides["split"] = read_json(Path(split_file), "split")
+    if sources_file is not None:
+        overrides["sources"] = parse_sources(read_json(Path(sources_file), "sources"))
     try:
         config = preset_config(
             preset,
