@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -132,6 +133,9 @@ def test_settings_tuned_per_stain_are_kept_side_by_side(small_checkpoint, tmp_pa
     only_ihc = load_predictor(first, device="cpu")
     with pytest.warns(PointcellWarning, match="no settings tuned for he"):
         assert only_ihc.postprocess_for("he") == own
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tuning he for the first time is no reason to warn
+        assert only_ihc.postprocess_for("he", warn=False) == own
 
 
 def test_predict_uses_the_settings_of_the_stain_asked_for(small_checkpoint, disk_dataset, tmp_path):

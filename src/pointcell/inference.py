@@ -56,10 +56,11 @@ class Predictor:
     # settings tuned on clicked images of one stain ("he", "ihc"; see pointcell.tune)
     postprocess_by_stain: dict[str, PostprocessParams] = field(default_factory=dict)
 
-    def postprocess_for(self, stain: str | None) -> PostprocessParams:
-        """The settings for images of ``stain``: those tuned for it, else the model's own."""
+    def postprocess_for(self, stain: str | None, *, warn: bool = True) -> PostprocessParams:
+        """The settings for images of ``stain``: those tuned for it, else the model's own (with
+        a warning unless ``warn`` is false, as when tuning a stain for the first time)."""
         if stain is None or stain not in self.postprocess_by_stain:
-            if stain is not None:
+            if stain is not None and warn:
                 warnings.warn(
                     f"{self.source} has no settings tuned for {stain} (pointcell tune --stain): "
                     "using its own",

@@ -170,6 +170,20 @@ def encoding_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
+STAINS = ("he", "ihc")
+
+
+def stain_option(help_text: str, *, default: str | None = None) -> Decorator:
+    """``--stain he|ihc``: what the images are stained with (said by the user, never guessed)."""
+    return click.option(
+        "--stain",
+        type=click.Choice(STAINS),
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
+
+
 def seed_option(help_text: str) -> Decorator:
     return click.option("--seed", type=int, default=0, show_default=True, help=help_text)
 

@@ -16,6 +16,7 @@ from pointcell.cli.options import (
     mpp_option,
     output_folder_option,
     stack,
+    stain_option,
 )
 
 if TYPE_CHECKING:
@@ -37,11 +38,9 @@ RUN_OPTIONS = ("gzip_geojson", "labels_zarr", "resume", "overwrite")
 
 # Overrides of the model's own post-processing (None: the model's).
 _postprocess_options = stack(
-    click.option(
-        "--stain",
-        type=click.Choice(["he", "ihc"]),
-        help="The images' stain: use the settings the model was tuned with for it "
-        "(pointcell tune --stain), if any. Default: the model's own settings.",
+    stain_option(
+        "The images' stain: use the settings the model was tuned with for it "
+        "(pointcell tune --stain), if any. Default: the model's own settings."
     ),
     click.option(
         "--instances",

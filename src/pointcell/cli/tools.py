@@ -12,6 +12,7 @@ from pointcell.cli.options import (
     many_images_option,
     mpp_option,
     output_folder_option,
+    stain_option,
     writable_file,
     writable_folder,
 )
@@ -26,13 +27,7 @@ from pointcell.cli.options import (
     type=FiniteFloatRange(min=0),
     help="Nuclear optical density threshold. Default: Otsu's, per image.",
 )
-@click.option(
-    "--stain",
-    type=click.Choice(["he", "ihc"]),
-    default="he",
-    show_default=True,
-    help="he: nuclei from hematoxylin; ihc: from hematoxylin + DAB.",
-)
+@stain_option("he: nuclei from hematoxylin; ihc: from hematoxylin + DAB.", default="he")
 @click.option(
     "--dab-threshold",
     type=FiniteFloatRange(min=0),

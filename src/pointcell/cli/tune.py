@@ -13,6 +13,7 @@ from pointcell.cli.options import (
     device_options,
     mpp_option,
     radius_option,
+    stain_option,
     writable_file,
 )
 
@@ -58,11 +59,9 @@ if TYPE_CHECKING:
     help="Minimum distance between detections to try, in µm; repeat for more. Default: 2, "
     "2.5, 3, 3.5 and 4 (the model's own is always tried).",
 )
-@click.option(
-    "--stain",
-    type=click.Choice(["he", "ihc"]),
-    help="Tune for images of this stain only: the model keeps its other settings and "
-    "predict uses these with --stain. Default: replace the model's own settings.",
+@stain_option(
+    "Tune for images of this stain only: the model keeps its other settings and "
+    "predict uses these with --stain. Default: replace the model's own settings."
 )
 @device_options
 def tune(
@@ -100,7 +99,7 @@ def tune(
         raise click.UsageError("give both --images and --points, or neither (a run's validation)")
     predictor = load_predictor(model, device=device, precision=precision)
     items = predict_clicked(predictor, held_out, mpp=mpp, tta=tta)
-    own = predictor.postprocess_by_stain.get(stain or "", predictor.postprocess)
+    own = predictor.postprocess_for(stain, warn=False)
     trials = tune_postprocess(
         predictor, items, radius_um=radius_um, base=own, distances=distances or DISTANCE_GRID
     )
