@@ -15,13 +15,13 @@ from click.testing import CliRunner
 
 from pointcell.cli import main
 from pointcell.errors import PointcellInputError, PointcellWarning
-from pointcell.inference import load_predictor, predict_image_maps
+from pointcell.inference import cells_from_maps, load_predictor, predict_image_maps
 from pointcell.io.images import read_image
 from pointcell.postprocess import PostprocessParams
 from pointcell.predict import PredictSettings, predict_paths
 from pointcell.tune import (
     DISTANCE_GRID,
-    FOREGROUND_GRID,
+    THRESHOLD_GRID,
     ClickedMaps,
     HeldOutImages,
     candidate_params,
@@ -54,14 +54,11 @@ def test_candidates_start_with_the_current_setting():
     base = PostprocessParams()
     plain = candidate_params(base, detection_head=False)
     assert plain[0] == base
-    pairs = {(p.foreground, p.min_distance_um) for p in plain}
-    assert (
-        pairs
-        == {(t, d) for t in FOREGROUND_GRID for d in DISTANCE_GRID}
-        == {(p.foreground, p.min_distance_um) for p in plain}
-    )
+    pairs = {(p.min_probability, p.min_distance_um) for p in plain}
+    assert pairs == {(t, d) for t in THRESHOLD_GRID for d in DISTANCE_GRID}
     assert len(plain) == len(pairs)
-    assert all(p.min_probability == p.foreground for p in plain[1:])
+    # the mask threshold follows a lower detection threshold down, never a higher one up
+    assert all(p.foreground == min(0.5, p.min_probability) for p in plain)
     head = candidate_params(replace(base, min_proximity=0.17), detection_head=True, distances=[3])
     assert head[0].min_proximity == 0.17
     assert {p.min_distance_um for p in head} == {2.5, 3.0}  # the model's own is always tried
@@ -82,7 +79,22 @@ def test_a_lower_foreground_finds_faint_clicked_nuclei(small_checkpoint):
     assert (best.scores.tp, best.scores.fp, best.scores.fn) == (4, 1, 0)
     assert best.scores.f1 == pytest.approx(8 / 9)
     assert best.params.min_distance_um == 2.5  # distance did not matter: the model's is kept
-    assert len(trials) == len(FOREGROUND_GRID) * len(DISTANCE_GRID)
+    assert len(trials) == len(THRESHOLD_GRID) * len(DISTANCE_GRID)
+
+
+def test_a_stricter_threshold_keeps_the_outlines_of_the_cells_it_keeps(small_checkpoint):
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    predictor.postprocess = PostprocessParams()
+    # four clicked nuclei with a 0.9 core and a 0.52 rim; one unclicked blob at 0.55
+    probability = blob_map(CENTRES, [0.52] * 4 + [0.55], radius=6)
+    probability = np.maximum(probability, blob_map(CENTRES[:4], [0.9] * 4, radius=3))
+    item = ClickedMaps("a", probability[None], CLICKS, 0.5)
+    best = tune_postprocess(predictor, [item], radius_um=3.0)[0]
+    assert best.params.min_probability == 0.6 and best.scores.f1 == 1.0
+    assert best.params.foreground == 0.5  # not raised with the detection threshold
+    cells = cells_from_maps(predictor, item.maps, mpp=0.5, params=best.params)
+    rim_and_core = np.count_nonzero(blob_map([CENTRES[0]], [1.0], radius=6) > 0.5)
+    assert np.bincount(cells.labels.ravel())[1:].tolist() == [rim_and_core] * 4
 
 
 def test_the_current_setting_wins_a_tie(small_checkpoint):
@@ -203,18 +215,18 @@ def test_tune_command_writes_the_best_model(small_checkpoint, disk_dataset, tmp_
     data = ["--images", str(disk_dataset / "images"), "--points", str(disk_dataset / "points")]
     result = CliRunner().invoke(main, [*args, *data])
     assert result.exit_code == 0, result.output
-    assert "foreground" in result.output and "(model's)" in result.output
+    assert "min_probability" in result.output and "(model's)" in result.output
     assert "on 3 image(s)" in result.output
-    found = re.search(r"best foreground ([\d.]+), min_distance_um ([\d.]+)", result.output)
+    found = re.search(r"best min_probability ([\d.]+), min_distance_um ([\d.]+)", result.output)
     assert found, result.output
     tuned = load_predictor(out, device="cpu").postprocess
-    assert tuned.foreground == pytest.approx(float(found[1]))
+    assert tuned.min_probability == pytest.approx(float(found[1]))
     assert tuned.min_distance_um == pytest.approx(float(found[2]))
     per_stain = CliRunner().invoke(main, [*args, *data, "--stain", "ihc"])
     assert per_stain.exit_code == 0 and "--stain ihc" in per_stain.output
     stained = load_predictor(out, device="cpu")
     assert stained.postprocess == load_predictor(small_checkpoint).postprocess
-    assert stained.postprocess_by_stain["ihc"].foreground == pytest.approx(float(found[1]))
+    assert stained.postprocess_by_stain["ihc"].min_probability == pytest.approx(float(found[1]))
     half = CliRunner().invoke(main, [*args, *data[:2]])
     assert half.exit_code == 1 and "both --images and --points" in half.output
 
