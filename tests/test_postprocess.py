@@ -13,6 +13,7 @@ from pointcell.postprocess import (
     detect,
     instances,
     postprocess,
+    refine_outlines,
 )
 
 
@@ -236,3 +237,57 @@ def test_disks_grow_only_on_background_and_split_between_neighbours():
     assert grown[5, 3] == 2 and grown[5, 1] == 1  # (0, 0) was taken: no disk for it
     assert grown[5, 9] == 3 and grown[5, 12] == 4 and grown[5, 10] == 3 and grown[5, 11] == 4
     assert grown.max() == 4 and grown[5, 15] == 0
+
+
+def disk(shape, centre_rc, radius):
+    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (rr - centre_rc[0]) ** 2 + (cc - centre_rc[1]) ** 2 <= radius**2
+
+
+def test_refined_outlines_grow_to_the_stained_edge_within_reach():
+    shape = (40, 60)
+    # the network saw radius-3 cores of two nuclei whose stain reaches radius 5
+    labels = (disk(shape, (20, 15), 3) * 1 + disk(shape, (20, 40), 3) * 2).astype(np.int32)
+    stained = disk(shape, (20, 15), 5) | disk(shape, (20, 40), 5) | disk(shape, (5, 55), 3)
+    prob = blobs([(20, 15), (20, 40)], shape=shape)
+    grown = refine_outlines(labels, prob, stained, grow_px=2.5)
+    np.testing.assert_array_equal(grown == 1, disk(shape, (20, 15), 5))
+    np.testing.assert_array_equal(grown == 2, disk(shape, (20, 40), 5))
+    # a stained blob far from every nucleus stays background; no reach, no change
+    assert not grown[disk(shape, (5, 55), 3)].any()
+    np.testing.assert_array_equal(refine_outlines(labels, prob, stained, grow_px=0), labels)
+    short = refine_outlines(labels, prob, stained, grow_px=1.0)
+    assert np.count_nonzero(labels) < np.count_nonzero(short) < np.count_nonzero(grown)
+
+
+def test_refined_outlines_share_a_stained_bridge_by_probability():
+    shape = (30, 40)
+    labels = (disk(shape, (15, 12), 3) * 1 + disk(shape, (15, 26), 3) * 2).astype(np.int32)
+    stained = np.zeros(shape, bool)
+    stained[12:19, 8:31] = True  # one stained band over both nuclei
+    prob = blobs([(15, 12), (15, 26)], shape=shape, sigma=4.0)
+    grown = refine_outlines(labels, prob, stained, grow_px=10)
+    band = grown[15, 15:24]  # the gap between the cores: the nearer, more probable one wins
+    assert band.tolist() == [1, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert set(np.unique(grown).tolist()) == {0, 1, 2}
+
+
+def test_cells_from_maps_refines_outlines_on_the_image_stain(small_checkpoint):
+    from pointcell.inference import cells_from_maps, load_predictor
+
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    shape = (48, 48)
+    image = np.full((*shape, 3), 235, np.uint8)  # pale background
+    image[disk(shape, (24, 24), 8)] = (60, 40, 120)  # a hematoxylin-dark nucleus, radius 8 px
+    prob = np.where(disk(shape, (24, 24), 5), 0.9, 0.05).astype(np.float32)
+    plain = PostprocessParams(min_area_um2=0)
+    refined = replace(plain, refine_outlines_um=2.0)
+    before = cells_from_maps(predictor, prob[None], mpp=0.5, params=refined)  # no image
+    after = cells_from_maps(predictor, prob[None], mpp=0.5, params=refined, image=image)
+    assert np.count_nonzero(before.labels) == np.count_nonzero(disk(shape, (24, 24), 5))
+    # out to the stained edge (radius 8, blurred by the stain's 0.5 µm smoothing), no farther
+    nucleus = after.labels > 0
+    assert nucleus[disk(shape, (24, 24), 7)].all() and not nucleus[~disk(shape, (24, 24), 9)].any()
+    np.testing.assert_array_equal(after.xy, before.xy)  # detections are untouched
+    with pytest.raises(ValueError, match="refine_outlines_um"):
+        PostprocessParams(refine_outlines_um=-1)

@@ -89,3 +89,25 @@ def test_a_region_of_interest_keeps_only_the_cells_inside(sample, small_checkpoi
             progress=False,
         )
     assert outside.n_cells == 0
+
+
+@pytest.mark.filterwarnings("ignore:.*no settings tuned for ihc")
+def test_refined_outlines_grow_the_nuclei_on_the_stain_named(sample, small_checkpoint, tmp_path):
+    from pointcell.predict import PredictSettings, predict_paths
+
+    def run(name, **postprocess):
+        settings = PredictSettings(
+            model=str(small_checkpoint), stain="ihc", postprocess=postprocess, overlay=False
+        )
+        predict_paths([sample / "images"], tmp_path / name, settings, progress=False)
+        record = json.loads((tmp_path / name / "predictions.json").read_text())
+        stems = sorted(record["images"])
+        areas = [np.count_nonzero(tifffile.imread(tmp_path / name / f"{s}.tif")) for s in stems]
+        counts = [record["images"][s]["n_cells"] for s in stems]
+        return record["postprocess"], areas, counts
+
+    _, plain_areas, plain_counts = run("plain")
+    params, areas, counts = run("refined", refine_outlines_um=1.0)
+    assert params["refine_outlines_um"] == 1.0 and params["outline_stain"] == "ihc"
+    assert counts == plain_counts  # the same cells, with larger outlines
+    assert all(a > b for a, b in zip(areas, plain_areas, strict=True))

@@ -87,15 +87,31 @@ def tune_dab_threshold(dab_means: np.ndarray, positive: np.ndarray) -> float:
     return float(candidates[np.argmax(sensitivity + specificity)])
 
 
+def smoothed_density(
+    image: np.ndarray, *, mpp: float, params: WatershedParams = WatershedParams()
+) -> np.ndarray:
+    """The nuclear-stain optical density of ``params.stain`` (H, W), lightly smoothed."""
+    return ndimage.gaussian_filter(nuclear_density(image, params.stain), params.smooth_um / mpp)
+
+
+def stained_mask(
+    density: np.ndarray, *, mpp: float, params: WatershedParams = WatershedParams()
+) -> np.ndarray:
+    """The floor's nucleus mask (H, W) bool: density above ``params.threshold`` (Otsu's of
+    the image when None), small holes filled. An image of one density has no nucleus."""
+    if np.ptp(density) <= 0:
+        return np.zeros(density.shape, dtype=bool)
+    level = params.threshold if params.threshold is not None else threshold_otsu(density)
+    return fill_small_holes(density > level, params.max_hole_um2 / mpp**2)
+
+
 def hematoxylin_watershed(
     image: np.ndarray, *, mpp: float, params: WatershedParams = WatershedParams()
 ) -> Cells:
     """Nuclei of an H&E or IHC RGB image without any training; for IHC with a DAB threshold,
     each nucleus is also called positive or negative (classes ``IHC_CLASSES``)."""
-    density = ndimage.gaussian_filter(nuclear_density(image, params.stain), params.smooth_um / mpp)
-    level = params.threshold if params.threshold is not None else threshold_otsu(density)
-    mask = density > level
-    mask = fill_small_holes(mask, params.max_hole_um2 / mpp**2)
+    density = smoothed_density(image, mpp=mpp, params=params)
+    mask = stained_mask(density, mpp=mpp, params=params)
     distance = ndimage.distance_transform_edt(mask)
     distance = ndimage.gaussian_filter(distance, 1.0)
     seeds = peak_local_max(

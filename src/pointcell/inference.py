@@ -34,7 +34,12 @@ from pointcell.model import (
     nucleus_probability,
     split_proximity,
 )
-from pointcell.postprocess import PostprocessParams, classify, postprocess
+from pointcell.postprocess import (
+    PostprocessParams,
+    classify,
+    postprocess,
+    with_refined_outlines,
+)
 from pointcell.pretrained import cast_state_to_float, resolve_checkpoint
 from pointcell.targets import resample
 
@@ -309,15 +314,19 @@ def cells_from_maps(
     *,
     mpp: float,
     params: PostprocessParams | None = None,
+    image: np.ndarray | None = None,
 ) -> Cells:
     """Cells (instances, centres, classes) from the maps of :func:`predict_maps` at pixel size
     ``mpp``: post-processing of the nucleus probability — detections at the proximity map's
-    peaks with a detection head — then each cell's class."""
+    peaks with a detection head — with outlines refined on the stain of ``image`` (the RGB
+    pixels of the maps, when given and ``params.refine_outlines_um`` asks for it), then each
+    cell's class."""
     n_classes = len(predictor.classes)
     proximity = maps[1 + n_classes] if predictor.detection_head else None
-    cells = postprocess(
-        maps[0], mpp=mpp, params=params or predictor.postprocess, proximity=proximity
-    )
+    params = params or predictor.postprocess
+    cells = postprocess(maps[0], mpp=mpp, params=params, proximity=proximity)
+    if image is not None:
+        cells = with_refined_outlines(cells, maps[0], image, mpp=mpp, params=params)
     if n_classes:
         cells = classify(cells, maps[1 : 1 + n_classes], mpp=mpp)
     return cells

@@ -109,6 +109,8 @@ def predict_paths(
     if settings.adapt_norm:
         predictor = adapted_to_images(predictor, plain, mpp=settings.mpp, tile=settings.tile)
     params = replace(predictor.postprocess_for(settings.stain), **settings.postprocess)
+    if settings.stain is not None:  # outlines are refined on the stain the user names
+        params = replace(params, outline_stain=settings.stain)
     image_summaries = []
     if plain:
         image_summaries = predict_images(
@@ -276,7 +278,7 @@ def _predict_one(
     start = time.perf_counter()
     maps = predict_image_maps(predictor, loaded.pixels, mpp=pixel_size, progress=progress, **tiling)
     modelled = time.perf_counter()
-    cells = cells_from_maps(predictor, maps, mpp=pixel_size, params=params)
+    cells = cells_from_maps(predictor, maps, mpp=pixel_size, params=params, image=loaded.pixels)
     if roi is not None:
         cells = _cells_in_roi(cells, roi, path, loaded.pixels.shape[:2])
     done = time.perf_counter()

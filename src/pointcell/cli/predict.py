@@ -31,6 +31,7 @@ POSTPROCESS_OPTIONS = (
     "foreground",
     "min_proximity",
     "centre",
+    "refine_outlines_um",
 )
 SLIDE_OPTIONS = ("slide_tile", "slide_reader")
 RUN_OPTIONS = ("gzip_geojson", "labels_zarr", "resume", "overwrite")
@@ -71,6 +72,14 @@ _postprocess_options = stack(
         help="Nucleus mask threshold on the probability (the model's default: 0.5, "
         "the argmax); lower it with --min-probability to find fainter nuclei "
         "(pointcell tune chooses both).",
+    ),
+    click.option(
+        "--refine-outlines",
+        "refine_outlines_um",
+        type=FiniteFloatRange(0, 10),
+        help="Grow each nucleus outline into the stained nucleus (hematoxylin, with --stain "
+        "ihc also DAB) up to this far beyond the network's mask, in µm; 0: the network's "
+        "outlines alone (the model's default: 0).",
     ),
     click.option(
         "--centre",

@@ -80,7 +80,9 @@ def owned_cells(
     Each cell is ``[x, y, area_px, area_um2, score, outline, class, class_probability]`` in
     level-0 pixels, the outline a list of (x, y) vertices, the class "" without classes.
     """
-    cells = cells_from_maps(predictor, maps, mpp=predictor.working_mpp, params=params)
+    cells = cells_from_maps(
+        predictor, maps, mpp=predictor.working_mpp, params=params, image=region.pixels
+    )
     labels = cells.labels
     n = int(labels.max())
     if n == 0:
