@@ -50,6 +50,7 @@ SHIDC_TEST_SLIDE = "p1_0317"
 SHIDC_VAL = ("p1_0299_1", "p2_0183_8")
 CRC_VAL = 4  # of CRCHisto's 10 validation images: validation predicts every one at each check
 DATA = RUNS / "general-data"
+REFINE_UM = 1.0  # predict --refine-outlines on the set with masks
 METRICS = ("aji", "pq", "f1", "det_precision", "det_recall", "det_f1", "count_ccc")
 
 
@@ -194,6 +195,16 @@ def score(runs: list[tuple[Path, Path, str]]) -> list[tuple[str, str, dict]]:
                 tuned, images, gt, mpp, out / f"{run.name}-tuned", extra=stain
             )
             rows.append((name, f"{label}, tuned per stain", tuned_scores))
+            if "masks" in name:  # outlines can only be scored against outlines
+                refined = predict_and_evaluate(
+                    tuned,
+                    images,
+                    gt,
+                    mpp,
+                    out / f"{run.name}-tuned-refined",
+                    extra=(*stain, "--refine-outlines", str(REFINE_UM)),
+                )
+                rows.append((name, f"{label}, tuned, outlines refined {REFINE_UM} µm", refined))
     return rows
 
 

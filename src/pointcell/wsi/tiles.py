@@ -87,24 +87,7 @@ def owned_cells(
     n = int(labels.max())
     if n == 0:
         return []
-    counts = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
-    rows, cols = np.indices(labels.shape)
-    sum_r = np.bincount(labels.ravel(), weights=rows.ravel(), minlength=n + 1)
-    sum_c = np.bincount(labels.ravel(), weights=cols.ravel(), minlength=n + 1)
-    present = counts > 0
-    centres = np.zeros((n + 1, 2))
-    centres[present] = np.stack([sum_c, sum_r], axis=1)[present] / counts[present, None]
-    centres0 = region.to_level0(centres)
-    owned = (
-        present
-        & (centres0[:, 0] >= task.x0)
-        & (centres0[:, 0] < task.x1)
-        & (centres0[:, 1] >= task.y0)
-        & (centres0[:, 1] < task.y1)
-    )
-    if roi is not None:
-        owned &= shapely.intersects_xy(roi, centres0[:, 0], centres0[:, 1])
-    owned[0] = False
+    owned, counts, centres0 = _owned_instances(labels, region, task, roi)
     score = np.zeros(n + 1, dtype=np.float32)
     np.maximum.at(score, cells.instance, cells.score)
     # the class of an instance is that of its most probable detection
@@ -132,6 +115,33 @@ def owned_cells(
             ]
         )
     return result
+
+
+def _owned_instances(
+    labels: np.ndarray, region: Region, task: TileTask, roi: BaseGeometry | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label 0..n: whether the task owns it (its centroid in the task's core and in
+    ``roi``), its pixel count and its centroid (x, y) in level-0 pixels."""
+    n = int(labels.max())
+    counts = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+    rows, cols = np.indices(labels.shape)
+    sum_r = np.bincount(labels.ravel(), weights=rows.ravel(), minlength=n + 1)
+    sum_c = np.bincount(labels.ravel(), weights=cols.ravel(), minlength=n + 1)
+    present = counts > 0
+    centres = np.zeros((n + 1, 2))
+    centres[present] = np.stack([sum_c, sum_r], axis=1)[present] / counts[present, None]
+    centres0 = region.to_level0(centres)
+    owned = (
+        present
+        & (centres0[:, 0] >= task.x0)
+        & (centres0[:, 0] < task.x1)
+        & (centres0[:, 1] >= task.y0)
+        & (centres0[:, 1] < task.y1)
+    )
+    if roi is not None:
+        owned &= shapely.intersects_xy(roi, centres0[:, 0], centres0[:, 1])
+    owned[0] = False
+    return owned, counts, centres0
 
 
 def _class_of(typed: tuple[list[str], np.ndarray] | None, row: int) -> tuple[str, float]:
