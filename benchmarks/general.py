@@ -119,8 +119,8 @@ def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
         "--preset", "cpu",
         "--encoder", args.encoder,
         "--encoder-weights", args.weights,
-        "--hed-jitter", "0.05",
-        "--stain-scale", "0.5", "1.5",
+        "--hed-jitter", str(args.hed_jitter),
+        "--stain-scale", *map(str, args.stain_scale),
         "--steps", str(args.steps),
         "--val-every", str(args.val_every),
         "--out", str(run),
@@ -246,16 +246,33 @@ def main() -> None:
         action="store_true",
         help="draw patches evenly from MoNuSeg, CRCHisto and SHIDC (run name ends -balanced)",
     )
+    parser.add_argument("--hed-jitter", type=float, default=0.05)
+    parser.add_argument(
+        "--stain-scale",
+        type=float,
+        nargs=2,
+        default=(0.5, 1.5),
+        help="stain strength range; with --hed-jitter other than 0.05 and 0.5-1.5 the run name "
+        "ends -dark (the one such run scored is --hed-jitter 0.1 --stain-scale 0.5 2.5)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     name = f"general-{args.encoder.removeprefix('tu-')}-{args.weights}"
     split = gather()
-    run = train_general(name + ("-balanced" if args.balance_sources else ""), args, split)
+    variants = {  # run-name suffix: how it differs
+        "": "patches by area",
+        "-balanced": "sources balanced",
+        "-balanced-dark": "sources balanced, HED jitter 0.1, stain strength 0.5-2.5",
+    }
+    suffix = "-balanced" if args.balance_sources else ""
+    if (args.hed_jitter, tuple(args.stain_scale)) != (0.05, (0.5, 1.5)):
+        suffix += "-dark"
+    run = train_general(name + suffix, args, split)
     runs = []
-    for variant, sampling in (("", "patches by area"), ("-balanced", "sources balanced")):
+    for variant, description in variants.items():
         other = RUNS / (name + variant)
         if other == run or (other / "best.pt").is_file():
-            label = f"general ({args.encoder}, {args.weights} start, {sampling})"
+            label = f"general ({args.encoder}, {args.weights} start, {description})"
             runs.append((other, tuned_per_stain(other, split), label))
     rows = score(runs)
     text = report(rows, run, "python " + " ".join(sys.argv), (time.perf_counter() - start) / 60)
