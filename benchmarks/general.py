@@ -218,10 +218,12 @@ def report(rows: list[tuple[str, str, dict]], run: Path, command: str, minutes: 
         f"{best_step(run)}, chosen on the validation clicks of the three sources). Training: "
         "14 Kumar training images (MoNuSeg, clicks = mask centroids), 70 CRCHisto training "
         f"tiles and 20 SHIDC tiles (all but slide {SHIDC_TEST_SLIDE} and the 2 validation "
-        "tiles), untyped, at 0.5 µm/px, HED jitter 0.05, stain strength 0.5-1.5; "
+        "tiles), untyped, at 0.5 µm/px, HED jitter 0.05 and stain strength 0.5-1.5 unless "
+        "the row says otherwise; "
         "validation: 2 Kumar, 4 CRCHisto and 2 SHIDC images. Tuned per stain: `pointcell "
         "tune --stain he` on the 6 H&E validation images, `--stain ihc` on the 2 Ki67 ones, "
-        "with TTA. Predictions with TTA; detection matched within 3 µm; AJI and PQ need "
+        "with TTA (the refined rows add `--refine-outlines 1`). Predictions with TTA; "
+        "detection matched within 3 µm; AJI and PQ need "
         "masks (Kumar only). `pointcell-he` was trained on the points of all 30 MoNuSeg "
         "images, the Kumar test images among them: its Kumar row is not held out.",
         "",

@@ -79,7 +79,7 @@ _postprocess_options = stack(
         type=FiniteFloatRange(0, 10),
         help="Grow each nucleus outline into the stained nucleus (hematoxylin, with --stain "
         "ihc also DAB) up to this far beyond the network's mask, in µm; 0: the network's "
-        "outlines alone (the model's default: 0).",
+        "outlines alone (the model's default: 1).",
     ),
     click.option(
         "--centre",
