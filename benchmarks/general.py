@@ -50,7 +50,8 @@ SHIDC_TEST_SLIDE = "p1_0317"
 SHIDC_VAL = ("p1_0299_1", "p2_0183_8")
 CRC_VAL = 4  # of CRCHisto's 10 validation images: validation predicts every one at each check
 DATA = RUNS / "general-data"
-REFINE_UM = 1.0  # predict --refine-outlines on the set with masks
+REFINE_UM = 1.0  # predict --refine-outlines on the set with masks (the default since 2026-12-07)
+NETWORK_OUTLINES = ("--refine-outlines", "0")  # every other row: the network's own outlines
 METRICS = ("aji", "pq", "f1", "det_precision", "det_recall", "det_f1", "count_ccc")
 
 
@@ -186,13 +187,18 @@ def score(runs: list[tuple[Path, Path, str]]) -> list[tuple[str, str, dict]]:
         rows.append(
             (name, "training-free floor", floor(images, gt, mpp, out / "floor", floor_args))
         )
-        he = predict_and_evaluate(Path("pointcell-he"), images, gt, mpp, out / "pointcell-he")
+        he = predict_and_evaluate(
+            Path("pointcell-he"), images, gt, mpp, out / "pointcell-he", extra=NETWORK_OUTLINES
+        )
         rows.append((name, "`pointcell-he` (shipped)", he))
         stain = ("--stain", "ihc" if "Ki67" in name else "he")
         for run, tuned, label in runs:
-            rows.append((name, label, predict_and_evaluate(run, images, gt, mpp, out / run.name)))
+            plain = predict_and_evaluate(
+                run, images, gt, mpp, out / run.name, extra=NETWORK_OUTLINES
+            )
+            rows.append((name, label, plain))
             tuned_scores = predict_and_evaluate(
-                tuned, images, gt, mpp, out / f"{run.name}-tuned", extra=stain
+                tuned, images, gt, mpp, out / f"{run.name}-tuned", extra=(*stain, *NETWORK_OUTLINES)
             )
             rows.append((name, f"{label}, tuned per stain", tuned_scores))
             if "masks" in name:  # outlines can only be scored against outlines
@@ -222,7 +228,10 @@ def report(rows: list[tuple[str, str, dict]], run: Path, command: str, minutes: 
         "the row says otherwise; "
         "validation: 2 Kumar, 4 CRCHisto and 2 SHIDC images. Tuned per stain: `pointcell "
         "tune --stain he` on the 6 H&E validation images, `--stain ihc` on the 2 Ki67 ones, "
-        "with TTA (the refined rows add `--refine-outlines 1`). Predictions with TTA; "
+        "with TTA. Rows without 'outlines refined' are the network's own outlines "
+        "(`--refine-outlines 0`); the refined rows grow them 1 µm into the stained nucleus "
+        "(`--refine-outlines 1`, the default of `pointcell predict`; detections unchanged). "
+        "Predictions with TTA; "
         "detection matched within 3 µm; AJI and PQ need "
         "masks (Kumar only). `pointcell-he` was trained on the points of all 30 MoNuSeg "
         "images, the Kumar test images among them: its Kumar row is not held out.",
