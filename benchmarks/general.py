@@ -202,16 +202,25 @@ def score(runs: list[tuple[Path, Path, str]]) -> list[tuple[str, str, dict]]:
             )
             rows.append((name, f"{label}, tuned per stain", tuned_scores))
             if "masks" in name:  # outlines can only be scored against outlines
-                refined = predict_and_evaluate(
-                    tuned,
-                    images,
-                    gt,
-                    mpp,
-                    out / f"{run.name}-tuned-refined",
-                    extra=(*stain, "--refine-outlines", str(REFINE_UM)),
-                )
-                rows.append((name, f"{label}, tuned, outlines refined {REFINE_UM} µm", refined))
+                rows += refined_rows(name, run, tuned, label, (images, gt, mpp, out), stain)
     return rows
+
+
+def refined_rows(
+    name: str, run: Path, tuned: Path, label: str, where: tuple, stain: tuple[str, ...]
+) -> list[tuple[str, str, dict]]:
+    """The run's rows with outlines refined on the stain, without and with per-stain tuning;
+    ``where``: (images, ground truth, µm/px, scores folder) of the set."""
+    images, gt, mpp, out = where
+    refine = ("--refine-outlines", str(REFINE_UM))
+    plain = predict_and_evaluate(run, images, gt, mpp, out / f"{run.name}-refined", extra=refine)
+    tuned_scores = predict_and_evaluate(
+        tuned, images, gt, mpp, out / f"{run.name}-tuned-refined", extra=(*stain, *refine)
+    )
+    return [
+        (name, f"{label}, outlines refined {REFINE_UM} µm", plain),
+        (name, f"{label}, tuned, outlines refined {REFINE_UM} µm", tuned_scores),
+    ]
 
 
 def report(rows: list[tuple[str, str, dict]], run: Path, command: str, minutes: float) -> str:

@@ -226,6 +226,7 @@ def test_predict_foreground_threshold_is_applied_and_recorded(sample, tmp_path):
     def predict(extra: list[str]) -> tuple[int, dict]:
         out = tmp_path / f"out{len(extra)}"
         args = ["predict", "--images", str(sample / "images"), "--out", str(out), "--no-overlay"]
+        args += ["--refine-outlines", "0"]  # the network's own outlines: the threshold alone
         result = CliRunner().invoke(main, [*args, *extra])
         assert result.exit_code == 0, result.output
         record = json.loads((out / "predictions.json").read_text())
