@@ -455,3 +455,36 @@ def test_sources_file_names_each_training_image_source(tmp_path):
         sources.write_text(bad)
         with pytest.raises(PointcellInputError, match=words):
             config_from_options("cpu", images="i", points="p", steps=1, sources_file=sources)
+
+
+def test_a_run_draws_patches_evenly_from_its_sources(tmp_path):
+    from pointcell.train.distributed import Distributed
+    from pointcell.train.run import _trainer_and_sampler
+
+    def tile(stem, side):
+        image = np.zeros((side, side, 3), np.uint8)
+        labels = np.zeros((side, side), np.uint8)
+        no_points = np.zeros((0, 2))
+        return PreparedImage(stem, image, labels, labels, labels.astype(np.float32), no_points,
+                             point_class_names([]))  # fmt: skip
+
+    # one large image of one source, three small ones of another: by area the large one
+    # would give 4/7 of the patches, with sources it gives half
+    images = [tile("big", 128), *(tile(f"small{k}", 64) for k in range(3))]
+    config = TrainConfig(
+        images="-",
+        points="-",
+        model=SMALL,
+        steps=1,
+        batch_size=2,
+        patch_size=32,
+        device="cpu",
+        precision="fp32",
+        sources={"kumar": ["big"], "crc": ["small0", "small1", "small2"]},
+    )
+    _, sampler = _trainer_and_sampler(config, None, images, Distributed(), "cpu")
+    np.testing.assert_allclose(sampler.weights, [1 / 2, 1 / 6, 1 / 6, 1 / 6])
+    _, by_area = _trainer_and_sampler(
+        replace(config, sources=None), None, images, Distributed(), "cpu"
+    )
+    np.testing.assert_allclose(by_area.weights, [4 / 7, 1 / 7, 1 / 7, 1 / 7])

@@ -25,7 +25,7 @@ from pointcell.io.checkpoints import load_checkpoint, save_checkpoint
 from pointcell.io.jsonfiles import write_json
 from pointcell.model import ModelConfig
 from pointcell.targets import PreparedImage
-from pointcell.train.config import TrainConfig
+from pointcell.train.config import TrainConfig, source_names
 from pointcell.train.dataset import prepare_run_images, total_steps
 from pointcell.train.distributed import Distributed, distributed_context
 from pointcell.train.trainer import BEST_METRIC, Trainer, learning_rate
@@ -257,6 +257,7 @@ def _trainer_and_sampler(
         std=std,
         augment=config.augment,
         seed=config.seed + 1_000_003 * dist.rank,  # every process draws its own patches
+        sources=source_names(config, [img.stem for img in train_images]),
     )
     return trainer, sampler
 
