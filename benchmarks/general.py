@@ -243,7 +243,10 @@ def report(rows: list[tuple[str, str, dict]], run: Path, command: str, minutes: 
         "Predictions with TTA; "
         "detection matched within 3 µm; AJI and PQ need "
         "masks (Kumar only). `pointcell-he` was trained on the points of all 30 MoNuSeg "
-        "images, the Kumar test images among them: its Kumar row is not held out.",
+        "images, the Kumar test images among them: its Kumar row is not held out. The runs "
+        "whose rows say 'patches by area, second run' or 'patches by area, HED jitter 0.1' were "
+        "started with `--sources`, which did not reach the patch sampler until commit "
+        "38bdad1: they drew patches by area, as the first run did.",
         "",
         "| held-out set | method | AJI | PQ | pixel F1 | det P | det R | det F1 | count CCC |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -264,7 +267,12 @@ def main() -> None:
     parser.add_argument(
         "--balance-sources",
         action="store_true",
-        help="draw patches evenly from MoNuSeg, CRCHisto and SHIDC (run name ends -balanced)",
+        help="draw patches evenly from MoNuSeg, CRCHisto and SHIDC (run name ends -sources)",
+    )
+    parser.add_argument(
+        "--run",
+        help="run-name suffix to train or score, e.g. --run=-balanced-dark (default: from "
+        "--balance-sources and the stain options)",
     )
     parser.add_argument("--hed-jitter", type=float, default=0.05)
     parser.add_argument(
@@ -281,13 +289,16 @@ def main() -> None:
     split = gather()
     variants = {  # run-name suffix: how it differs
         "": "patches by area",
-        "-balanced": "sources balanced",
-        "-balanced-dark": "sources balanced, HED jitter 0.1, stain strength 0.5-2.5",
+        # trained with --sources before it reached the sampler (fixed in 38bdad1): by area
+        "-balanced": "patches by area, second run",
+        "-balanced-dark": "patches by area, HED jitter 0.1, stain strength 0.5-2.5",
+        "-sources": "sources balanced",
+        "-sources-dark": "sources balanced, HED jitter 0.1, stain strength 0.5-2.5",
     }
-    suffix = "-balanced" if args.balance_sources else ""
+    suffix = "-sources" if args.balance_sources else ""
     if (args.hed_jitter, tuple(args.stain_scale)) != (0.05, (0.5, 1.5)):
         suffix += "-dark"
-    run = train_general(name + suffix, args, split)
+    run = train_general(name + (suffix if args.run is None else args.run), args, split)
     runs = []
     for variant, description in variants.items():
         other = RUNS / (name + variant)
