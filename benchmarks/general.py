@@ -122,6 +122,7 @@ def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
         "--encoder-weights", args.weights,
         "--hed-jitter", str(args.hed_jitter),
         "--stain-scale", *map(str, args.stain_scale),
+        "--colour-jitter", str(args.colour_jitter),
         "--steps", str(args.steps),
         "--val-every", str(args.val_every),
         "--out", str(run),
@@ -283,6 +284,13 @@ def main() -> None:
         help="stain strength range; with --hed-jitter other than 0.05 and 0.5-1.5 the run name "
         "ends -dark (the one such run scored is --hed-jitter 0.1 --stain-scale 0.5 2.5)",
     )
+    parser.add_argument(
+        "--colour-jitter",
+        type=float,
+        default=0.0,
+        help="brightness/contrast/saturation/hue jitter; other than 0 the run name ends -colour "
+        "(the one such run scored is --colour-jitter 0.3)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     name = f"general-{args.encoder.removeprefix('tu-')}-{args.weights}"
@@ -294,10 +302,15 @@ def main() -> None:
         "-balanced-dark": "patches by area, HED jitter 0.1, stain strength 0.5-2.5",
         "-sources": "sources balanced",
         "-sources-dark": "sources balanced, HED jitter 0.1, stain strength 0.5-2.5",
+        "-dark-colour": "patches by area, HED jitter 0.1, stain strength 0.5-2.5, colour 0.3",
+        "-sources-dark-colour": "sources balanced, HED jitter 0.1, stain strength 0.5-2.5, "
+        "colour 0.3",
     }
     suffix = "-sources" if args.balance_sources else ""
     if (args.hed_jitter, tuple(args.stain_scale)) != (0.05, (0.5, 1.5)):
         suffix += "-dark"
+    if args.colour_jitter:
+        suffix += "-colour"
     run = train_general(name + (suffix if args.run is None else args.run), args, split)
     runs = []
     for variant, description in variants.items():

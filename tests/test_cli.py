@@ -119,7 +119,7 @@ def test_train_and_resume_commands(tmp_path):
     args = tiny_train_args(data / "images", data / "points", tmp_path)
     args += ["--precision", "fp32", "--val-every", "1", "--scale-range", "0.5", "2"]
     args += ["--stain-scale", "0.5", "1", "--lr-schedule", "flat-cosine", "--anneal-from", "0.5"]
-    args += ["--detection-head"]
+    args += ["--detection-head", "--colour-jitter", "0.2"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "trained 2 steps" in result.output
@@ -127,6 +127,7 @@ def test_train_and_resume_commands(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["augment"]["scale_range"] == [0.5, 2.0]
     assert config["augment"]["stain_scale_range"] == [0.5, 1.0]
+    assert config["augment"]["colour_jitter"] == 0.2
     assert (config["lr_schedule"], config["anneal_from"]) == ("flat-cosine", 0.5)
     assert config["model"]["detection_head"] is True
     # the closing hint tunes the head's threshold on the run's validation clicks

@@ -10,6 +10,7 @@ from pointcell.data import (
     AugmentParams,
     PatchSampler,
     channel_stats,
+    colour_jitter,
     proximity_target,
     sampling_weights,
     split_stems,
@@ -203,6 +204,36 @@ def test_stain_scale_makes_patches_paler_by_the_drawn_factor():
     density = rgb2hed(np.clip(pixels, 0, 255).astype(np.uint8)[0, 16, 16][None, None])[0, 0]
     original = rgb2hed(colour[None, None])[0, 0]
     np.testing.assert_allclose(density, 0.5 * original, atol=0.01)
+
+
+def test_colour_jitter_known_answers():
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(colour_jitter(images, np.array([[1, 1, 1, 0.0]] * 2)), images)
+    red = torch.zeros(1, 3, 2, 2)
+    red[:, 0] = 0.8
+    darker, grey, green = (
+        colour_jitter(red, np.array([factors]))[0, :, 0, 0]
+        for factors in ([0.5, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1 / 3])
+    )
+    torch.testing.assert_close(darker, torch.tensor([0.4, 0.0, 0.0]))  # brightness scales
+    flat = colour_jitter(images, np.array([[1, 0, 1, 0.0]] * 2))  # no contrast: one grey
+    assert float(flat[0].max() - flat[0].min()) < 1e-6
+    assert grey[0] == grey[1] == grey[2] > 0  # no saturation: the pixel's own grey
+    torch.testing.assert_close(green, torch.tensor([0.0, 0.8, 0.0]))  # red turned to green
+
+
+def test_colour_jitter_changes_the_images_only():
+    img = labelled_image()
+    exact = AugmentParams(max_rotation_deg=0, scale_range=(1, 1), max_shear_deg=0)
+    plain, jittered = (
+        PatchSampler(
+            [img], patch_size=32, batch_size=4, mean=[0, 0, 0], std=[1, 1, 1], augment=a, seed=0
+        ).batch(2)
+        for a in (exact, replace(exact, colour_jitter=0.3))
+    )
+    assert not torch.equal(plain[0], jittered[0])
+    for name, target in plain[1].items():
+        assert torch.equal(target, jittered[1][name]), name
 
 
 def test_proximity_target_is_a_cut_gaussian_of_the_distance_to_the_nearest_click():

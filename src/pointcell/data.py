@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from skimage.color import hed_from_rgb as HED_FROM_RGB
 from skimage.color import rgb_from_hed as RGB_FROM_HED
+from torchvision.transforms.v2 import functional as TF
 
 from pointcell.encodings import CLASS_IGNORE, IGNORE, nearest_points
 from pointcell.errors import PointcellInputError
@@ -122,6 +123,10 @@ class AugmentParams:
     # stain strength: all three densities of a patch scaled by one log-uniform factor from
     # this range (0.3 = a patch stained three times lighter); (1, 1) = off
     stain_scale_range: tuple[float, float] = (1.0, 1.0)
+    # colour jitter (as torchvision's ColorJitter): brightness, contrast and saturation of a
+    # patch times U(1-c, 1+c), hue turned by U(-c/3, c/3) of a full turn; reaches what stain
+    # jitter cannot: the violet, low-contrast look of frozen sections; 0 = off
+    colour_jitter: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -146,6 +151,21 @@ def hed_jitter(images: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.nd
     alpha 1 and beta 0 return the input."""
     stains = hed_densities(images) * alpha[:, None, None, :] + beta[:, None, None, :]
     return rgb_from_hed_densities(stains)
+
+
+def colour_jitter(images: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
+    """RGB images (B, 3, H, W) in [0, 1] with their brightness, contrast and saturation
+    multiplied by ``factors[:, :3]`` and their hue turned by ``factors[:, 3]`` (a fraction of a
+    turn, in [-0.5, 0.5]), in that order, by torchvision's ColorJitter operations. Factors
+    (1, 1, 1, 0) return the input."""
+    steps = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    unchanged = (1.0, 1.0, 1.0, 0.0)
+    out = []
+    for image, row in zip(images, factors.tolist(), strict=True):
+        for adjust, factor, identity in zip(steps, row, unchanged, strict=True):
+            image = adjust(image, factor) if factor != identity else image
+        out.append(image)
+    return torch.stack(out)
 
 
 NO_AUGMENT = AugmentParams(
@@ -212,17 +232,28 @@ class PatchSampler:
         rng = np.random.default_rng([self.seed, step])
         windows = [self._window(rng) for _ in range(self.batch_size)]
         thetas = np.stack([self._theta(rng) for _ in range(self.batch_size)])
-        jitter = self.augment.hed_jitter
-        strength = tuple(self.augment.stain_scale_range)
-        if jitter > 0 or strength != (1.0, 1.0):
-            alpha = rng.uniform(1 - jitter, 1 + jitter, size=(self.batch_size, 3))
-            beta = rng.uniform(-jitter, jitter, size=(self.batch_size, 3))
-            if strength != (1.0, 1.0):  # drawn only when asked: older runs keep their stream
-                low, high = np.log(strength)
-                alpha *= np.exp(rng.uniform(low, high, size=(self.batch_size, 1)))
-            images = hed_jitter(np.stack([w[0] for w in windows]), alpha, beta)
-            windows = [(image, *w[1:]) for image, w in zip(images, windows, strict=True)]
-        return self.warp(windows, torch.from_numpy(thetas).float())
+        images = self._stain_jittered(rng, np.stack([w[0] for w in windows]))
+        windows = [(image, *w[1:]) for image, w in zip(images, windows, strict=True)]
+        colour = None
+        if self.augment.colour_jitter > 0:  # drawn only when asked: older runs keep their stream
+            spread = self.augment.colour_jitter * np.array([1.0, 1.0, 1.0, 1 / 3])
+            colour = np.array([1.0, 1.0, 1.0, 0.0]) + spread * rng.uniform(
+                -1.0, 1.0, size=(self.batch_size, 4)
+            )
+        return self.warp(windows, torch.from_numpy(thetas).float(), colour=colour)
+
+    def _stain_jittered(self, rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
+        """A batch of RGB uint8 windows with their stains perturbed (HED jitter, strength)."""
+        aug = self.augment
+        strength = tuple(aug.stain_scale_range)
+        if aug.hed_jitter == 0 and strength == (1.0, 1.0):
+            return images
+        alpha = rng.uniform(1 - aug.hed_jitter, 1 + aug.hed_jitter, size=(len(images), 3))
+        beta = rng.uniform(-aug.hed_jitter, aug.hed_jitter, size=(len(images), 3))
+        if strength != (1.0, 1.0):  # drawn only when asked: older runs keep their stream
+            low, high = np.log(strength)
+            alpha *= np.exp(rng.uniform(low, high, size=(len(images), 1)))
+        return hed_jitter(images, alpha, beta)
 
     def _window(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         img = self.images[rng.choice(len(self.images), p=self.weights)]
@@ -251,10 +282,16 @@ class PatchSampler:
         return theta
 
     def warp(
-        self, windows: Sequence[tuple[np.ndarray, ...]], thetas: torch.Tensor
+        self,
+        windows: Sequence[tuple[np.ndarray, ...]],
+        thetas: torch.Tensor,
+        *,
+        colour: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Each window warped by its affine ``thetas`` (B, 2, 3) into a patch, the images with
+        their ``colour`` jitter factors (B, 4; see :func:`colour_jitter`) if given."""
         images = torch.from_numpy(np.stack([w[0] for w in windows])).permute(0, 3, 1, 2)
-        images = (images.float() / 255.0 - self.mean) / self.std
+        images = images.float() / 255.0 - self.mean  # zero padding = the mean colour
         labels = torch.from_numpy(np.stack([np.stack([w[1], w[2], w[4]]) for w in windows])).float()
         smooth = torch.from_numpy(np.stack([np.stack([w[3], w[5]]) for w in windows]))
         size = (len(windows), 1, self.patch_size, self.patch_size)
@@ -262,6 +299,9 @@ class PatchSampler:
         images = F.grid_sample(
             images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
+        if colour is not None:  # on the patch, not the larger window: a third of the pixels
+            images = colour_jitter((images + self.mean).clamp(0, 1), colour) - self.mean
+        images = images / self.std
         # shift labels by one so that zero padding means "outside" and becomes the ignore
         # value of each target (IGNORE for Voronoi and cluster, CLASS_IGNORE for classes)
         labels = F.grid_sample(

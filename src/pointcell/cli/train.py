@@ -149,6 +149,14 @@ _data_options = stack(
         show_default=True,
         help="Stain augmentation: jitter of hematoxylin/eosin/DAB densities (0.05 is mild).",
     ),
+    click.option(
+        "--colour-jitter",
+        type=FiniteFloatRange(0, 0.9),
+        default=0.0,
+        show_default=True,
+        help="Colour augmentation: brightness, contrast and saturation times U(1-c, 1+c), "
+        "hue turned by up to c/3 of a turn (0.3 reaches violet, low-contrast frozen sections).",
+    ),
     factor_range_option(
         "--scale-range",
         (0.8, 1.25),
@@ -273,6 +281,7 @@ def _library_options(options: dict[str, Any]) -> dict[str, Any]:
     options["encoding"] = EncodingParams(**encoding, seed=options["seed"])
     options["augment"] = AugmentParams(
         hed_jitter=options.pop("hed_jitter"),
+        colour_jitter=options.pop("colour_jitter"),
         scale_range=options.pop("scale_range"),
         stain_scale_range=options.pop("stain_scale"),
     )
