@@ -111,3 +111,5 @@ def test_refined_outlines_grow_the_nuclei_on_the_stain_named(sample, small_check
     assert params["refine_outlines_um"] == 1.0 and params["outline_stain"] == "ihc"
     assert counts == plain_counts  # the same cells, with larger outlines
     assert all(a > b for a, b in zip(areas, plain_areas, strict=True))
+    overridden, _, _ = run("overridden", outline_stain="he")  # an override wins over --stain
+    assert overridden["outline_stain"] == "he"

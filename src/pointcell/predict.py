@@ -108,9 +108,10 @@ def predict_paths(
     predictor = load_predictor(settings.model, device=settings.device, precision=settings.precision)
     if settings.adapt_norm:
         predictor = adapted_to_images(predictor, plain, mpp=settings.mpp, tile=settings.tile)
-    params = replace(predictor.postprocess_for(settings.stain), **settings.postprocess)
-    if settings.stain is not None:  # outlines are refined on the stain the user names
+    params = predictor.postprocess_for(settings.stain)
+    if settings.stain is not None:  # outlines are refined on the stain the user names ...
         params = replace(params, outline_stain=settings.stain)
+    params = replace(params, **settings.postprocess)  # ... unless an override says otherwise
     image_summaries = []
     if plain:
         image_summaries = predict_images(
