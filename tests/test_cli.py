@@ -112,6 +112,26 @@ def tiny_train_args(images, points, tmp_path) -> list[str]:
     ]
 
 
+def test_train_self_labels_need_a_mask_per_tile(tmp_path):
+    import tifffile
+    from conftest import write_disk_dataset
+
+    data = write_disk_dataset(tmp_path / "data")
+    own = tmp_path / "own"
+    own.mkdir()
+    args = tiny_train_args(data / "images", data / "points", tmp_path)
+    args += ["--precision", "fp32", "--self-labels", str(own)]
+    missing = CliRunner().invoke(main, args)
+    assert missing.exit_code == 1 and "no self-training mask" in missing.output
+    assert "Traceback" not in missing.output
+    for image in (data / "images").iterdir():
+        tifffile.imwrite(own / f"{image.stem}.tif", np.zeros((96, 96), np.uint16))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["self_labels"] == str(own)
+
+
 def test_train_and_resume_commands(tmp_path):
     from conftest import write_disk_dataset
 

@@ -16,7 +16,7 @@ from pointcell.data import (
     split_stems,
     with_proximity,
 )
-from pointcell.encodings import IGNORE, EncodingParams
+from pointcell.encodings import IGNORE, NUCLEUS, EncodingParams
 from pointcell.io.pairing import pair_images_with_points
 from pointcell.targets import PreparedImage, prepare_image, resample
 
@@ -67,6 +67,39 @@ def test_encodings_are_cached_and_invalidated(disk_dataset, tmp_path, monkeypatc
     pair.points.write_text("x,y\n10,10\n")  # the points changed
     with pytest.raises(AssertionError, match="cache hit"):
         prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
+
+
+def test_self_labels_join_the_cluster_label_and_key_the_cache(disk_dataset, tmp_path):
+    import tifffile
+
+    from pointcell.errors import PointcellInputError
+
+    pair = pair_images_with_points(disk_dataset / "images", disk_dataset / "points")[0]
+    plain = prepare_image(pair, working_mpp=1.0, params=EncodingParams())
+    (tmp_path / "own").mkdir()
+    with pytest.raises(PointcellInputError, match="no self-training mask"):
+        prepare_image(pair, working_mpp=1.0, params=EncodingParams(), self_labels=tmp_path / "own")
+    nuclei = np.zeros((96, 96), np.uint16)  # the tile's own size, twice the working one
+    for index, (x, y) in enumerate(np.loadtxt(pair.points, delimiter=",", skiprows=1), 1):
+        rows, cols = np.ogrid[:96, :96]
+        nuclei[(rows - y) ** 2 + (cols - x) ** 2 <= 36] = index  # a disk of radius 6 per click
+    tifffile.imwrite(tmp_path / "own" / f"{pair.stem}.tif", nuclei)
+    own = prepare_image(
+        pair,
+        working_mpp=1.0,
+        params=EncodingParams(),
+        self_labels=tmp_path / "own",
+        cache_dir=tmp_path,
+    )
+    assert own.cluster.shape == plain.cluster.shape == (48, 48)
+    grown = (own.cluster == NUCLEUS) & (plain.cluster != NUCLEUS)
+    assert grown.any()  # the model's disks (radius 3 at the working size) add nucleus pixels
+    assert ((own.cluster == NUCLEUS) | (plain.cluster != NUCLEUS)).all()  # none removed
+    again = prepare_image(pair, working_mpp=1.0, params=EncodingParams(), cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.cluster, plain.cluster)  # its own cache entry
+    tifffile.imwrite(tmp_path / "own" / f"{pair.stem}.tif", nuclei[:50])
+    with pytest.raises(PointcellInputError, match="self-training mask is 96x50"):
+        prepare_image(pair, working_mpp=1.0, params=EncodingParams(), self_labels=tmp_path / "own")
 
 
 def test_cached_encodings_are_memory_mapped_and_a_broken_cache_is_rebuilt(disk_dataset, tmp_path):

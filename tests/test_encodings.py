@@ -301,3 +301,18 @@ def test_fused_labels_add_the_floor_nuclei_around_one_click(disks):
     assert not added[disks.truth == 5].any()
     with pytest.raises(ValueError, match="fuse_floor must be"):
         EncodingParams(fuse_floor="yes")
+
+
+def test_self_labels_add_a_models_nuclei_around_one_click(disks):
+    points = np.vstack([disks.centres_xy, [[49.0, 48.0]]])  # two clicks on the centre disk
+    plain = encode(disks.image, points, mpp=disks.mpp)
+    own = encode(disks.image, points, mpp=disks.mpp, nuclei=disks.truth)  # a perfect model
+    near = nearest_points(points, plain.cluster.shape)
+    edges = plain.voronoi == BACKGROUND
+    added = single_click_nuclei(disks.truth, points, near) & ~edges
+    assert added.sum() > 4 * 100 and not added[disks.truth == 5].any()
+    assert (own.cluster[added] == NUCLEUS).all()
+    assert (own.cluster[~added] == plain.cluster[~added]).all()
+    assert (own.filtered_repel[added] > 0).all()  # the repel target follows the cluster label
+    with pytest.raises(ValueError, match="image's shape"):
+        encode(disks.image, points, mpp=disks.mpp, nuclei=disks.truth[1:])

@@ -295,13 +295,15 @@ def cluster_label(
     near: NearestPoints | None = None,
     edges: np.ndarray | None = None,
     unclicked: np.ndarray | None = None,
+    nuclei: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cluster label (H, W) uint8 from k-means on colour and distance, local or global.
 
     After clustering, each nucleus mask is cleaned as in Qu et al.: only the connected part
     touching its point is kept (the rest becomes IGNORE), small holes are filled, and Voronoi
     lines are set to BACKGROUND so touching nuclei stay apart. ``unclicked``: the mask of
-    :func:`unclicked_nuclei`, when already computed.
+    :func:`unclicked_nuclei`, when already computed. ``nuclei``: instance labels (H, W) of a
+    model's own prediction, joined where they hold one click (a round of self-training).
     """
     shape = image.shape[:2]
     points_xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
@@ -335,6 +337,8 @@ def cluster_label(
             image, mpp=mpp, params=WatershedParams(stain=params.fuse_floor)
         )
         label = with_single_click_nuclei(label, floor.labels, points_xy, near, edges)
+    if nuclei is not None:
+        label = with_single_click_nuclei(label, nuclei, points_xy, near, edges)
     return label
 
 
@@ -473,20 +477,31 @@ def encode(
     *,
     mpp: float,
     params: EncodingParams = EncodingParams(),
+    nuclei: np.ndarray | None = None,
 ) -> Encodings:
-    """Compute all three encodings of one image (H, W, 3) uint8 with points (N, 2) as (x, y)."""
+    """Compute all three encodings of one image (H, W, 3) uint8 with points (N, 2) as (x, y);
+    ``nuclei``: a model's instance labels of the image for self-training (:func:`cluster_label`)."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
     if mpp <= 0:
         raise ValueError(f"pixel size must be positive, got {mpp}")
     points_xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     shape = image.shape[:2]
+    if nuclei is not None and nuclei.shape != shape:
+        raise ValueError(f"nuclei must have the image's shape {shape}, got {nuclei.shape}")
     near = nearest_points(points_xy, shape)
     edges = voronoi_edges(points_xy, near)
     voronoi = voronoi_label(points_xy, shape, mpp=mpp, params=params, near=near, edges=edges)
     unclicked = unclicked_mask(image, near, mpp=mpp, params=params)
     cluster = cluster_label(
-        image, points_xy, mpp=mpp, params=params, near=near, edges=edges, unclicked=unclicked
+        image,
+        points_xy,
+        mpp=mpp,
+        params=params,
+        near=near,
+        edges=edges,
+        unclicked=unclicked,
+        nuclei=nuclei,
     )
     repel = repel_code(points_xy, shape, mpp=mpp, params=params, near=near)
     filtered = np.where(cluster == NUCLEUS, repel, 0.0).astype(np.float32)

@@ -23,7 +23,8 @@ from skimage.transform import resize
 
 from pointcell.encodings import EncodingParams, Encodings, encode
 from pointcell.io.atomic import atomic_directory
-from pointcell.io.images import LoadedImage, read_image, resolve_mpp
+from pointcell.errors import PointcellInputError
+from pointcell.io.images import LoadedImage, read_image, read_label_image, resolve_mpp
 from pointcell.io.pairing import ImagePointsPair
 from pointcell.io.points import check_inside, read_annotations
 from pointcell.io.slides import Slide
@@ -94,6 +95,7 @@ def cache_key(
     clip: bool,
     image_digest: str | None = None,
     region: str | None = None,
+    self_labels: Path | None = None,
 ) -> str:
     """Key of a cached encoding: file contents and every parameter that changes the result
     (for a slide region, its outline as WKT too)."""
@@ -108,6 +110,8 @@ def cache_key(
     }
     if region is not None:
         recipe["region"] = region
+    if self_labels is not None:
+        recipe["self_labels"] = file_digest(self_labels)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -156,21 +160,42 @@ def prepare_image(
     mpp: float | None = None,
     clip: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    self_labels: str | os.PathLike[str] | None = None,
 ) -> PreparedImage:
     """Read, resample and encode one tile, using the on-disk cache when it is up to date.
 
     Outlined regions in the points file (:func:`pointcell.io.points.read_annotations`) limit
-    the labels to them; outside, every target is ignored."""
+    the labels to them; outside, every target is ignored. ``self_labels``: a folder of a
+    model's instance masks of the tiles (``pointcell predict`` output, ``<stem>.tif``), whose
+    nuclei around one click join the cluster label (a round of self-training)."""
     image = read_image(pair.image)
     pixel_size = resolve_mpp(image, mpp, working_mpp=working_mpp)
+    nuclei_file = None if self_labels is None else Path(self_labels) / f"{pair.stem}.tif"
+    if nuclei_file is not None and not nuclei_file.is_file():
+        raise PointcellInputError(
+            f"{nuclei_file}: no self-training mask for {pair.stem} (pointcell predict it first)"
+        )
     cached = None
     if cache_dir is not None:
-        key = cache_key(pair, mpp=pixel_size, working_mpp=working_mpp, params=params, clip=clip)
+        key = cache_key(
+            pair,
+            mpp=pixel_size,
+            working_mpp=working_mpp,
+            params=params,
+            clip=clip,
+            self_labels=nuclei_file,
+        )
         cached = Path(cache_dir) / f"{pair.stem}-{key}"
         if (found := load_cached(cached, pair.stem)) is not None:
             return found
     prepared = encode_tile(
-        image, pair, pixel_size=pixel_size, working_mpp=working_mpp, params=params, clip=clip
+        image,
+        pair,
+        pixel_size=pixel_size,
+        working_mpp=working_mpp,
+        params=params,
+        clip=clip,
+        nuclei=None if nuclei_file is None else read_label_image(nuclei_file),
     )
     return prepared if cached is None else save_cached(cached, prepared)
 
@@ -183,15 +208,26 @@ def encode_tile(
     working_mpp: float,
     params: EncodingParams,
     clip: bool,
+    nuclei: np.ndarray | None = None,
 ) -> PreparedImage:
     """Resample a tile to the working pixel size and encode its clicks; outside its outlined
-    regions (if any) every target is ignored."""
+    regions (if any) every target is ignored. ``nuclei``: a model's instance labels of the
+    tile at its own size, for self-training."""
     annotations = read_annotations(pair.points)
     points = check_inside(annotations.points, image.shape, clip=clip, source=pair.points)
     if annotations.regions is not None:
         points = points_in_regions(points, annotations.regions, clip=clip, source=pair.points)
     pixels, xy = resample(image.pixels, points.xy, pixel_size / working_mpp)
-    enc = encode(pixels, xy, mpp=working_mpp, params=params)
+    if nuclei is not None:
+        if nuclei.shape != image.shape[:2]:
+            raise PointcellInputError(
+                f"{pair.stem}: the self-training mask is {nuclei.shape[1]}x{nuclei.shape[0]} px, "
+                f"the image {image.shape[1]}x{image.shape[0]}"
+            )
+        nuclei = resize(
+            nuclei, pixels.shape[:2], order=0, preserve_range=True, anti_aliasing=False
+        ).astype(np.int32)
+    enc = encode(pixels, xy, mpp=working_mpp, params=params, nuclei=nuclei)
     inside = None
     if annotations.regions is not None:
         step = (image.shape[1] / pixels.shape[1], image.shape[0] / pixels.shape[0])

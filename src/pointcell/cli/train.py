@@ -135,6 +135,14 @@ _data_options = stack(
         "a source of many large images gives most patches.",
     ),
     click.option(
+        "--self-labels",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        cls=ExperimentalOption,
+        help="Self-training: a folder of a model's instance masks of the training tiles "
+        "(pointcell predict output, <stem>.tif); its nuclei around exactly one click join the "
+        "cluster label.",
+    ),
+    click.option(
         "--classes",
         default="auto",
         show_default=True,
@@ -285,7 +293,7 @@ def _library_options(options: dict[str, Any]) -> dict[str, Any]:
         scale_range=options.pop("scale_range"),
         stain_scale_range=options.pop("stain_scale"),
     )
-    for name in ("cache_dir", "roi"):
+    for name in ("cache_dir", "roi", "self_labels"):
         if options[name] is not None:
             options[name] = str(options[name])
     return options

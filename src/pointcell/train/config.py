@@ -38,6 +38,7 @@ class TrainConfig:
     working_mpp: float = 0.5
     clip: bool = False
     roi: str | None = None  # training regions of the slides: a file, or a folder of <stem>.*
+    self_labels: str | None = None  # a model's instance masks of the tiles: self-training
     neighbourhood_um: float = NEIGHBOURHOOD_UM  # a slide without regions: disks around clicks
     tasks: tuple[str, ...] = TASKS
     tasks_mode: TasksMode = "scheduler"

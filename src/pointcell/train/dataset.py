@@ -46,8 +46,13 @@ def prepare_dataset(
                     mpp=config.mpp,
                     clip=config.clip,
                     cache_dir=cache,
+                    self_labels=config.self_labels,
                 )
                 continue
+            if config.self_labels is not None:
+                raise PointcellInputError(
+                    f"{source.stem}: --self-labels works on image tiles, not slide regions"
+                )
             image = source.pair.image
             if image not in digests:
                 digests[image] = file_digest(image)
