@@ -114,6 +114,7 @@ def tiny_train_args(images, points, tmp_path) -> list[str]:
 
 def test_train_self_labels_need_a_mask_per_tile(tmp_path):
     import tifffile
+
     from conftest import write_disk_dataset
 
     data = write_disk_dataset(tmp_path / "data")

@@ -22,8 +22,8 @@ import numpy as np
 from skimage.transform import resize
 
 from pointcell.encodings import EncodingParams, Encodings, encode
-from pointcell.io.atomic import atomic_directory
 from pointcell.errors import PointcellInputError
+from pointcell.io.atomic import atomic_directory
 from pointcell.io.images import LoadedImage, read_image, read_label_image, resolve_mpp
 from pointcell.io.pairing import ImagePointsPair
 from pointcell.io.points import check_inside, read_annotations
