@@ -10,7 +10,10 @@ untyped (detection and segmentation only), so one run trains at 0.5 µm/px on al
 strength 0.5-1.5) resumes where it stopped, so the run may span several sessions; ``--score-only``
 scores its latest best weights without training further. Scored on the three held-out sets
 (Kumar test 14 against masks, CRCHisto test 20 and the ``p1_0317`` tiles against clicks) beside
-the floor and the shipped ``pointcell-he``. Writes ``benchmarks/results/general.md``.
+the floor and the shipped ``pointcell-he``, with every other general run that has best weights
+(the run name says how it differs: ``-sources`` balanced sampling, ``-dark`` darker stain
+augmentation, ``-colour`` colour jitter, ``-self`` self-trained labels). Writes
+``benchmarks/results/general.md``.
 """
 
 from __future__ import annotations
@@ -106,11 +109,11 @@ def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
         raise SystemExit(f"{run} has not been trained yet")
     split_file = RUNS / f"{name}-split.json"
     split_file.write_text(json.dumps({k: v for k, v in split.items() if k != "sources"}))
-    balance = ()
+    extra = ("--self-labels", str(args.self_labels)) if args.self_labels else ()
     if args.balance_sources:
         sources = RUNS / f"{name}-sources.json"
         sources.write_text(json.dumps(split["sources"]))
-        balance = ("--sources", str(sources))
+        extra += ("--sources", str(sources))
     cli(
         "train",
         "--images", str(DATA / "images"),
@@ -126,7 +129,7 @@ def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
         "--steps", str(args.steps),
         "--val-every", str(args.val_every),
         "--out", str(run),
-        *balance,
+        *extra,
     )  # fmt: skip
     return run
 
@@ -258,6 +261,29 @@ def report(rows: list[tuple[str, str, dict]], run: Path, command: str, minutes: 
     return "\n".join(lines) + "\n"
 
 
+RUN_PARTS = {  # run-name suffix parts: how a run differs from the first
+    "-sources": "sources balanced",
+    "-dark": "HED jitter 0.1, stain strength 0.5-2.5",
+    "-colour": "colour jitter 0.3",
+    "-self": "self-trained labels, one round",
+}
+# trained with --sources before it reached the sampler (fixed in 38bdad1): by area
+LEGACY = {
+    "-balanced": "patches by area, second run",
+    "-balanced-dark": "patches by area, HED jitter 0.1, stain strength 0.5-2.5",
+}
+
+
+def describe(suffix: str) -> str:
+    """What a run of this name suffix changed (the parts of RUN_PARTS, in order)."""
+    if suffix in LEGACY:
+        return LEGACY[suffix]
+    parts = [RUN_PARTS[part] for part in RUN_PARTS if part in suffix]
+    if "-sources" not in suffix:
+        parts.insert(0, "patches by area")
+    return ", ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
@@ -291,31 +317,28 @@ def main() -> None:
         help="brightness/contrast/saturation/hue jitter; other than 0 the run name ends -colour "
         "(the one such run scored is --colour-jitter 0.3)",
     )
+    parser.add_argument(
+        "--self-labels",
+        type=Path,
+        help="one round of self-training: a folder of a general model's masks of every image of "
+        "runs/general-data/images (pointcell predict); the run name ends -self",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     name = f"general-{args.encoder.removeprefix('tu-')}-{args.weights}"
     split = gather()
-    variants = {  # run-name suffix: how it differs
-        "": "patches by area",
-        # trained with --sources before it reached the sampler (fixed in 38bdad1): by area
-        "-balanced": "patches by area, second run",
-        "-balanced-dark": "patches by area, HED jitter 0.1, stain strength 0.5-2.5",
-        "-sources": "sources balanced",
-        "-sources-dark": "sources balanced, HED jitter 0.1, stain strength 0.5-2.5",
-        "-dark-colour": "patches by area, HED jitter 0.1, stain strength 0.5-2.5, colour 0.3",
-        "-sources-dark-colour": "sources balanced, HED jitter 0.1, stain strength 0.5-2.5, "
-        "colour 0.3",
-    }
     suffix = "-sources" if args.balance_sources else ""
     if (args.hed_jitter, tuple(args.stain_scale)) != (0.05, (0.5, 1.5)):
         suffix += "-dark"
     if args.colour_jitter:
         suffix += "-colour"
+    if args.self_labels:
+        suffix += "-self"
     run = train_general(name + (suffix if args.run is None else args.run), args, split)
     runs = []
-    for variant, description in variants.items():
-        other = RUNS / (name + variant)
+    for other in sorted(RUNS.glob(f"{name}*/"), key=lambda path: len(path.name)):
         if other == run or (other / "best.pt").is_file():
+            description = describe(other.name.removeprefix(name))
             label = f"general ({args.encoder}, {args.weights} start, {description})"
             runs.append((other, tuned_per_stain(other, split), label))
     rows = score(runs)
