@@ -140,7 +140,7 @@ _data_options = stack(
         cls=ExperimentalOption,
         help="Self-training: a folder of a model's instance masks of the training tiles "
         "(pointcell predict output, <stem>.tif); its nuclei around exactly one click join the "
-        "cluster label.",
+        "cluster label. Default: none, the cluster label alone.",
     ),
     click.option(
         "--classes",
