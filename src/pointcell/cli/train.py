@@ -159,11 +159,13 @@ _data_options = stack(
     ),
     click.option(
         "--colour-jitter",
+        cls=ExperimentalOption,
         type=FiniteFloatRange(0, 0.9),
         default=0.0,
         show_default=True,
         help="Colour augmentation: brightness, contrast and saturation times U(1-c, 1+c), "
-        "hue turned by up to c/3 of a turn (0.3 reaches violet, low-contrast frozen sections).",
+        "hue turned by up to c/3 of a turn (0.3 helped dark frozen sections, cost recall "
+        "elsewhere).",
     ),
     factor_range_option(
         "--scale-range",
