@@ -291,7 +291,11 @@ class PatchSampler:
         """Each window warped by its affine ``thetas`` (B, 2, 3) into a patch, the images with
         their ``colour`` jitter factors (B, 4; see :func:`colour_jitter`) if given."""
         images = torch.from_numpy(np.stack([w[0] for w in windows])).permute(0, 3, 1, 2)
-        images = images.float() / 255.0 - self.mean  # zero padding = the mean colour
+        # zero padding = the mean colour; normalised before the warp unless colour jitter
+        # needs the warped pixels (the order older runs used, kept: same batches, bit for bit)
+        images = images.float() / 255.0 - self.mean
+        if colour is None:
+            images = images / self.std
         labels = torch.from_numpy(np.stack([np.stack([w[1], w[2], w[4]]) for w in windows])).float()
         smooth = torch.from_numpy(np.stack([np.stack([w[3], w[5]]) for w in windows]))
         size = (len(windows), 1, self.patch_size, self.patch_size)
@@ -301,7 +305,7 @@ class PatchSampler:
         )
         if colour is not None:  # on the patch, not the larger window: a third of the pixels
             images = colour_jitter((images + self.mean).clamp(0, 1), colour) - self.mean
-        images = images / self.std
+            images = images / self.std
         # shift labels by one so that zero padding means "outside" and becomes the ignore
         # value of each target (IGNORE for Voronoi and cluster, CLASS_IGNORE for classes)
         labels = F.grid_sample(
