@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from skimage.transform import resize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import monuseg_dir, provenance, write_result  # noqa: E402
@@ -33,12 +32,11 @@ from pointcell.encodings import (  # noqa: E402
     cluster_label,
     nearest_points,
     voronoi_edges,
-    with_single_click_nuclei,
 )
 from pointcell.io import read_image, read_points  # noqa: E402
 from pointcell.io.images import read_label_image  # noqa: E402
 from pointcell.metrics import aggregated_jaccard  # noqa: E402
-from pointcell.targets import resample  # noqa: E402
+from pointcell.targets import resample, resample_labels  # noqa: E402
 
 MPP = 0.25
 WORKING_MPP = 0.5
@@ -73,7 +71,7 @@ def at_pixel_size(image, points, truth, mpp):  # noqa: ANN001, ANN201
         return image, points, truth
     small, small_points = resample(image, points, MPP / mpp)
     shape = small.shape[:2]
-    return small, small_points, resize(truth, shape, order=0, preserve_range=True).astype(int)
+    return small, small_points, resample_labels(truth, shape)
 
 
 SELF_TRAINED = "self-trained: local + the model's nuclei around one click"
@@ -110,9 +108,10 @@ def main() -> None:
                 label = cluster_label(image, points, mpp=mpp, params=params, near=near, edges=edges)
                 totals[(name, mpp)].append(scores(label, truth, edges))
             if full_model is not None:
-                local = cluster_label(image, points, mpp=mpp, near=near, edges=edges)
                 nuclei = at_pixel_size(full, full_points, full_model, mpp)[2]
-                fused = with_single_click_nuclei(local, nuclei, points, near, edges)
+                fused = cluster_label(  # as pointcell train --self-labels encodes
+                    image, points, mpp=mpp, near=near, edges=edges, nuclei=nuclei
+                )
                 totals[(SELF_TRAINED, mpp)].append(scores(fused, truth, edges))
         print(stem, flush=True)
     lines = [

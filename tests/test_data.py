@@ -18,7 +18,7 @@ from pointcell.data import (
 )
 from pointcell.encodings import IGNORE, NUCLEUS, EncodingParams
 from pointcell.io.pairing import pair_images_with_points
-from pointcell.targets import PreparedImage, prepare_image, resample
+from pointcell.targets import PreparedImage, prepare_image, resample, resample_labels
 
 
 def test_resample_halves_and_keeps_points_on_their_pixels():
@@ -67,6 +67,15 @@ def test_encodings_are_cached_and_invalidated(disk_dataset, tmp_path, monkeypatc
     pair.points.write_text("x,y\n10,10\n")  # the points changed
     with pytest.raises(AssertionError, match="cache hit"):
         prepare_image(pair, working_mpp=0.5, params=EncodingParams(), cache_dir=tmp_path)
+
+
+def test_resample_labels_keeps_label_values():
+    labels = np.kron(np.array([[1, 2], [3, 70000]]), np.ones((3, 3), int))  # 6x6, four blocks
+    np.testing.assert_array_equal(resample_labels(labels, (2, 2)), [[1, 2], [3, 70000]])
+    np.testing.assert_array_equal(
+        resample_labels(labels, (12, 12)), np.kron(labels, np.ones((2, 2)))
+    )
+    assert resample_labels(labels, (4, 4)).dtype == np.int32
 
 
 def test_self_labels_join_the_cluster_label_and_key_the_cache(disk_dataset, tmp_path):

@@ -169,6 +169,23 @@ def test_bad_slide_clicks_end_in_one_clear_line(tmp_path, sample_slide):
         label_sources([ImagePointsPair(plain, pair.points)])
 
 
+def test_self_labels_refuse_slide_regions_before_encoding_anything(tmp_path, sample_slide):
+    from conftest import write_disk_dataset
+    from pointcell.train.dataset import prepare_dataset
+
+    slide, _, _ = sample_slide
+    points = write_clicks(tmp_path / "mosaic.geojson", [(100, 100)], [crop_box(64, 64)])
+    tile = pair_images_with_points(
+        *(write_disk_dataset(tmp_path / "tiles", 1) / n for n in ("images", "points"))
+    )
+    sources = label_sources([*tile, ImagePointsPair(slide, points)])  # a tile comes first
+    cache = tmp_path / "cache"
+    config = tiny_config(tmp_path, tmp_path, self_labels=str(tmp_path), cache_dir=str(cache))
+    with pytest.raises(PointcellInputError, match="mosaic_r1: --self-labels works on image tiles"):
+        prepare_dataset(config, sources, progress=False)
+    assert not cache.exists()  # nothing was encoded, not even the tile
+
+
 def _strip_resolution(path):
     """Rewrite a pyramid without its pixel size (a scanner that records none)."""
     import tifffile

@@ -80,6 +80,11 @@ def resample(
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), xy
 
 
+def resample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Integer labels (H, W) resized to ``shape`` by nearest neighbour: no new label values."""
+    return resize(labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's contents, read in chunks (slides are large)."""
     with path.open("rb") as handle:
@@ -224,9 +229,7 @@ def encode_tile(
                 f"{pair.stem}: the self-training mask is {nuclei.shape[1]}x{nuclei.shape[0]} px, "
                 f"the image {image.shape[1]}x{image.shape[0]}"
             )
-        nuclei = resize(
-            nuclei, pixels.shape[:2], order=0, preserve_range=True, anti_aliasing=False
-        ).astype(np.int32)
+        nuclei = resample_labels(nuclei, pixels.shape[:2])
     enc = encode(pixels, xy, mpp=working_mpp, params=params, nuclei=nuclei)
     inside = None
     if annotations.regions is not None:

@@ -33,6 +33,11 @@ def prepare_dataset(
 ) -> dict[str, PreparedImage]:
     """Encode (or load from the cache) tiles and slide regions, keyed by stem. Slides stay
     open while their regions are read; only one region's pixels are in flight at a time."""
+    regions = [source.stem for source in sources if source.is_slide_region]
+    if config.self_labels is not None and regions:  # before any encoding is spent
+        raise PointcellInputError(
+            f"{regions[0]}: --self-labels works on image tiles, not slide regions"
+        )
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     prepared: dict[str, PreparedImage] = {}
     digests: dict[Path, str] = {}
@@ -49,10 +54,6 @@ def prepare_dataset(
                     self_labels=config.self_labels,
                 )
                 continue
-            if config.self_labels is not None:
-                raise PointcellInputError(
-                    f"{source.stem}: --self-labels works on image tiles, not slide regions"
-                )
             image = source.pair.image
             if image not in digests:
                 digests[image] = file_digest(image)
