@@ -56,3 +56,13 @@ def test_shipped_model_names(monkeypatch):
     monkeypatch.setitem(pretrained.PRETRAINED, "pointcell-gone", "gone.pt")
     with pytest.raises(PointcellInputError, match="missing from this installation"):
         load_predictor("pointcell-gone")
+
+
+def test_predict_without_model_uses_the_default_shipped_model():
+    """The CLI names the default literally (importing pointcell.pretrained would load torch at
+    start-up); it must stay the library's."""
+    from pointcell.cli.predict import predict
+
+    option = next(p for p in predict.params if p.name == "model")
+    assert option.default == pretrained.DEFAULT_MODEL
+    assert pretrained_path(pretrained.DEFAULT_MODEL).is_file()

@@ -1,11 +1,15 @@
-"""The model shipped in the package works on the bundled sample.
+"""The models shipped in the package work on the bundled sample.
 
-Measured when the model was exported (pointcell-he, ResNet18 U-Net, 2,750 CPU steps on the
-points of all 30 MoNuSeg images): AJI 0.384, object Dice 0.598, detection F1 0.686 on the two
-sample crops (whose source images were among the training images; their masks never were).
-The thresholds leave a margin; an untrained network scores AJI 0.13, Dice 0.27 and detection
-F1 0.42 there (measured).
+Measured when each model was exported, on the two sample crops (whose source images were among
+the training images of both H&E models; their masks never were): the default `pointcell-general`
+(EfficientNet-Lite0 U-Net, 2026-12-07) scores AJI 0.414, object Dice 0.614, detection F1 0.570
+(precision 0.949, recall 0.408; the floor's recall there is 0.457); `pointcell-he` (ResNet18
+U-Net, 2,750 CPU steps on the points of all 30 MoNuSeg images) AJI 0.439, Dice 0.647, detection
+F1 0.700, with outlines refined (predict's default). The thresholds leave a margin; an untrained
+network scores AJI 0.13, Dice 0.27 and detection F1 0.42 there (measured).
 """
+
+import pytest
 
 from pointcell.evaluate import evaluate
 from pointcell.inference import load_predictor
@@ -13,14 +17,28 @@ from pointcell.predict import predict_images
 from pointcell.pretrained import DEFAULT_MODEL
 
 
-def test_shipped_model_segments_the_sample(sample, tmp_path):
-    predictor = load_predictor(DEFAULT_MODEL, device="cpu")
+@pytest.mark.parametrize(
+    ("model", "least"),
+    [
+        (DEFAULT_MODEL, {"aji": 0.36, "dice": 0.55, "det_f1": 0.5}),
+        ("pointcell-he", {"aji": 0.38, "dice": 0.58, "det_f1": 0.62}),
+    ],
+)
+def test_shipped_model_segments_the_sample(sample, tmp_path, model, least):
+    predictor = load_predictor(model, device="cpu")
     assert predictor.working_mpp == 0.5
     predict_images(predictor, [sample / "images"], tmp_path, overlay=False, progress=False)
     scores = evaluate(tmp_path, sample / "masks").aggregate
-    assert scores["aji"] >= 0.33, scores
-    assert scores["det_f1"] >= 0.62, scores
-    assert scores["dice"] >= 0.53, scores
+    assert all(scores[metric] >= value for metric, value in least.items()), scores
+
+
+def test_default_model_is_calibrated_per_stain():
+    """The default serves H&E and IHC: each stain has its own detection settings (tuned on
+    clicked validation images of that stain), which predict --stain uses."""
+    predictor = load_predictor(DEFAULT_MODEL, device="cpu")
+    assert DEFAULT_MODEL == "pointcell-general"
+    assert set(predictor.postprocess_by_stain) == {"he", "ihc"}
+    assert predictor.postprocess_for("he") != predictor.postprocess_for("ihc")
 
 
 def test_shipped_ki67_model_scores_brown_nuclei_positive():

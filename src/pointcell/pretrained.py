@@ -14,10 +14,11 @@ from pointcell.io.checkpoints import load_checkpoint, save_checkpoint
 from pointcell.model import ModelConfig
 
 PRETRAINED = {
+    "pointcell-general": "pointcell-general.pt",  # H&E and IHC nuclei, three sources
     "pointcell-he": "pointcell-he.pt",  # H&E nuclei, MoNuSeg points
     "pointcell-ki67": "pointcell-ki67.pt",  # Ki67 IHC, SHIDC typed clicks
 }
-DEFAULT_MODEL = "pointcell-he"
+DEFAULT_MODEL = "pointcell-general"
 WEIGHT_KEYS = (
     "config",
     "model",

@@ -194,7 +194,7 @@ _slide_options = stack(
 @click.command(cls=Command)
 @click.option(
     "--model",
-    default="pointcell-he",
+    default="pointcell-general",  # pretrained.DEFAULT_MODEL (not imported: it loads torch)
     show_default=True,
     help="Shipped model name, run folder (uses best.pt) or checkpoint file.",
 )

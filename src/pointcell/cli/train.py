@@ -196,8 +196,8 @@ _run_options = stack(
     ),
     click.option(
         "--init-from",
-        help="Fine-tune a shipped model (pointcell-he, pointcell-ki67) or a checkpoint "
-        "instead of starting afresh. Default: start afresh.",
+        help="Fine-tune a shipped model (pointcell-general, pointcell-he, pointcell-ki67) or a "
+        "checkpoint instead of starting afresh. Default: start afresh.",
     ),
     click.option(
         "--snapshot-every",
