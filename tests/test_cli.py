@@ -444,3 +444,21 @@ def test_image_summaries_report_classes_and_the_positive_index(capsys):
     counts = "lymphocyte 4, negative 9, positive 3"
     assert lines[4] == f"ki67: {counts}; positive 25.0% (95% CI 8.9-53.2)"
     assert lines[5] == "he: region of interest 0.2000 mm², 35 cells/mm²"
+
+
+def test_predict_points_to_the_stain_settings_it_did_not_use(sample, small_checkpoint, tmp_path):
+    """The default model is calibrated per stain: without --stain, predict says how to use
+    those settings; with it, or with a model tuned for no stain, it says nothing."""
+    image = str(sorted((sample / "images").iterdir())[0])
+
+    def output(*extra: str) -> str:
+        out = str(tmp_path / f"out{len(extra)}")
+        args = ["predict", "--images", image, "--out", out, "--no-overlay", *extra]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    tip = "tip: the model has detection settings calibrated for --stain he|ihc"
+    assert tip in output()
+    assert "tip:" not in output("--stain", "he")
+    assert "tip:" not in output("--model", str(small_checkpoint), "--device", "cpu", "--tta")

@@ -83,10 +83,12 @@ class PredictSettings:
 
 @dataclass(frozen=True)
 class PredictionJob:
-    """What :func:`predict_paths` did: a summary per image and per whole slide."""
+    """What :func:`predict_paths` did: a summary per image and per whole slide, and the stains
+    the model holds tuned settings for that went unused because no stain was named."""
 
     images: list[PredictionSummary]
     slides: list[SlideSummary]
+    unused_stain_settings: tuple[str, ...] = ()
 
 
 def predict_paths(
@@ -132,7 +134,8 @@ def predict_paths(
     slide_summaries = []
     if slides:
         slide_summaries = _predict_slides(slides, out, settings, predictor, params, rois, progress)
-    return PredictionJob(image_summaries, slide_summaries)
+    unused = () if settings.stain else tuple(sorted(predictor.postprocess_by_stain))
+    return PredictionJob(image_summaries, slide_summaries, unused)
 
 
 def _predict_slides(

@@ -218,6 +218,9 @@ def predict(images: tuple[Path, ...], out: Path, **options: Any) -> None:
         echo_image_summaries(job.images)
     if job.slides:
         echo_slide_summaries(job.slides)
+    if job.unused_stain_settings:
+        stains = "|".join(job.unused_stain_settings)
+        click.echo(f"tip: the model has detection settings calibrated for --stain {stains}")
     click.echo(f"outputs in {out}")
 
 
