@@ -30,7 +30,7 @@ import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED, monuseg_dir, provenance, write_result  # noqa: E402
+from _common import REPO, RESULTS, SHARED, monuseg_dir, provenance, write_result  # noqa: E402
 from _runs import (  # noqa: E402
     CRC_DATA,
     CRC_MPP,
@@ -59,9 +59,7 @@ DATA = RUNS / "general-data"
 REFINE_UM = 1.0  # predict --refine-outlines on the set with masks (the default since 2026-12-07)
 NETWORK_OUTLINES = ("--refine-outlines", "0")  # every other row: the network's own outlines
 SHIPPED = "pointcell-general"
-SHIPPED_FILE = (
-    Path(__file__).resolve().parents[1] / "src" / "pointcell" / "models" / f"{SHIPPED}.pt"
-)
+SHIPPED_FILE = REPO / "src" / "pointcell" / "models" / PRETRAINED[SHIPPED]  # (may not exist yet)
 RECORD = RESULTS / "general.json"  # every row measured, across machines and sessions
 METRICS = ("aji", "pq", "f1", "det_precision", "det_recall", "det_f1", "count_ccc")
 
@@ -208,10 +206,9 @@ def score(
             )
             rows.append((name, "`pointcell-he` (shipped)", he))
         stain = ("--stain", "ihc" if "Ki67" in name else "he")
-        if SHIPPED in PRETRAINED:  # the exported general model, as a user runs it
-            where = out / SHIPPED
-            shipped = predict_and_evaluate(Path(SHIPPED), images, gt, mpp, where, extra=stain)
-            rows.append((name, f"`{SHIPPED}` (shipped default), `{' '.join(stain)}`", shipped))
+        # the exported general model, as a user runs it
+        shipped = predict_and_evaluate(Path(SHIPPED), images, gt, mpp, out / SHIPPED, extra=stain)
+        rows.append((name, f"`{SHIPPED}` (shipped default), `{' '.join(stain)}`", shipped))
         for run, tuned, label in runs:
             plain = predict_and_evaluate(
                 run, images, gt, mpp, out / run.name, extra=NETWORK_OUTLINES
@@ -394,16 +391,17 @@ def run_name(args: argparse.Namespace) -> str:
 
 
 def family(args: argparse.Namespace) -> str:
+    """The name every general run of this encoder and start begins with."""
     return f"general-{args.encoder.removeprefix('tu-')}-{args.weights}"
 
 
 def runs_to_score(run: Path, args: argparse.Namespace, split: dict) -> list[tuple[Path, Path, str]]:
     """(run, its model tuned per stain, row label) of ``run`` and every other general run of
     the same encoder and start that has best weights."""
-    runs = []
-    for other in sorted(RUNS.glob(f"{family(args)}*/"), key=lambda path: len(path.name)):
+    name, runs = family(args), []
+    for other in sorted(RUNS.glob(f"{name}*/"), key=lambda path: len(path.name)):
         if other == run or (other / "best.pt").is_file():
-            description = describe(other.name.removeprefix(family(args)))
+            description = describe(other.name.removeprefix(name))
             label = f"general ({args.encoder}, {args.weights} start, {description})"
             runs.append((other, tuned_per_stain(other, split), label))
     return runs
