@@ -13,7 +13,8 @@ as the shipped default ``pointcell-general`` and scores that file as a user runs
 the three held-out sets (Kumar test 14 against masks, CRCHisto test 20 and the ``p1_0317`` tiles
 against clicks) beside the floor and the shipped models, with every other general run that has
 best weights (the run name says how it differs: ``-sources`` balanced sampling, ``-dark``
-darker stain augmentation, ``-colour`` colour jitter, ``-self`` self-trained labels). Every
+darker stain augmentation, ``-colour`` colour jitter, ``-self`` self-trained labels,
+``-finetuned`` started from the shipped default instead of ImageNet). Every
 row measured is kept in ``benchmarks/results/general.json`` (a row measured again replaces its
 old figures, so rows of runs no longer on this machine stay); ``general.md`` shows them all.
 """
@@ -115,7 +116,9 @@ def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
         raise SystemExit(f"{run} has not been trained yet")
     split_file = RUNS / f"{name}-split.json"
     split_file.write_text(json.dumps({k: v for k, v in split.items() if k != "sources"}))
-    extra = ("--self-labels", str(args.self_labels)) if args.self_labels else ()
+    extra = ("--self-labels", str(self_labels(split))) if args.self_train else ()
+    if args.finetune:
+        extra += ("--init-from", SHIPPED)
     if args.balance_sources:
         sources = RUNS / f"{name}-sources.json"
         sources.write_text(json.dumps(split["sources"]))
@@ -140,9 +143,28 @@ def train_general(name: str, args: argparse.Namespace, split: dict) -> Path:
     return run
 
 
+def self_labels(split: dict) -> Path:
+    """A folder of the shipped default's masks of every gathered image (``pointcell predict
+    --stain`` of the image's source, TTA): the labels of a self-training round. Made once; delete
+    the folder when the shipped default changes."""
+    folder = RUNS / f"general-self-labels-{SHIPPED}"
+    stems = split["train"] + split["val"]
+    if all((folder / f"{stem}.tif").is_file() for stem in stems):
+        return folder
+    shidc = set(split["sources"]["shidc"]) | set(SHIDC_VAL)
+    for stain in ("he", "ihc"):
+        images = [DATA / "images" / f"{s}.tif" for s in stems if (s in shidc) == (stain == "ihc")]
+        repeated = [arg for image in images for arg in ("--images", str(image))]
+        cli("predict", "--model", SHIPPED, *repeated, "--stain", stain, "--tta",
+            "--out", str(folder))  # fmt: skip
+    return folder
+
+
 def tuned_per_stain(run: Path, split: dict) -> Path:
     """The run's best weights with detection settings tuned (``pointcell tune --stain``) on
-    its H&E validation images for H&E and on its Ki67 ones for IHC."""
+    its H&E validation images for H&E and on its Ki67 ones for IHC, and the H&E outlines fitted
+    (``tune --outlines``) on the masks of the Kumar training and validation images (the
+    network learnt their clicks, never their masks)."""
     model = run / "best.pt"
     for stain in ("he", "ihc"):
         stems = [s for s in split["val"] if (s in SHIDC_VAL) == (stain == "ihc")]
@@ -150,12 +172,31 @@ def tuned_per_stain(run: Path, split: dict) -> Path:
         clicks.mkdir(exist_ok=True)
         for stem in stems:
             (clicks / f"{stem}.csv").write_bytes((DATA / "points" / f"{stem}.csv").read_bytes())
-        tuned = run / f"tuned-{stain}.pt"
-        if not tuned.is_file() or tuned.stat().st_mtime < model.stat().st_mtime:
-            cli("tune", "--model", str(model), "--images", str(DATA / "images"), "--points",
-                str(clicks), "--stain", stain, "--tta", "--out", str(tuned))  # fmt: skip
-        model = tuned
+        model = tuned_once(model, run / f"tuned-{stain}.pt", clicks, "--stain", stain)
+        if stain == "he":
+            outlines = run / "tuned-he-outlines.pt"
+            model = tuned_once(model, outlines, kumar_masks(), "--stain", "he", "--outlines")
     return model
+
+
+def tuned_once(model: Path, tuned: Path, truth: Path, *options: str) -> Path:
+    """``pointcell tune`` of ``model`` on the gathered images with ``truth``, with TTA, unless
+    ``tuned`` was written after ``model``."""
+    if not tuned.is_file() or tuned.stat().st_mtime < model.stat().st_mtime:
+        cli("tune", "--model", str(model), "--images", str(DATA / "images"), "--points",
+            str(truth), *options, "--tta", "--out", str(tuned))  # fmt: skip
+    return tuned
+
+
+def kumar_masks() -> Path:
+    """A folder of the true masks of the Kumar training and validation images."""
+    folder = DATA / "kumar-masks"
+    folder.mkdir(exist_ok=True)
+    for stem in KUMAR["train"] + KUMAR["val"]:
+        target = folder / f"{stem}.tif"
+        if not target.is_file():
+            target.write_bytes((monuseg_dir() / "masks" / f"{stem}.tif").read_bytes())
+    return folder
 
 
 def held_out_sets() -> list[tuple[str, list[Path], Path, float, list[str]]]:
@@ -189,54 +230,53 @@ def held_out_sets() -> list[tuple[str, list[Path], Path, float, list[str]]]:
 
 
 def score(
-    runs: list[tuple[Path, Path, str]], *, shipped_only: bool = False
+    runs: list[tuple[Path, Path, str]], *, shipped: tuple[str, ...] = ("pointcell-he", SHIPPED)
 ) -> list[tuple[str, str, dict]]:
-    """(set, method, aggregate scores) of the floor, the shipped models (only the default when
-    ``shipped_only``) and each (run, tuned model, label) on every set, the tuned model with the
-    settings of the set's stain."""
+    """(set, method, aggregate scores) of the floor, the ``shipped`` models and each (run,
+    tuned model, label) on every set, the tuned model with the settings of the set's stain."""
     rows = []
     for k, (name, images, gt, mpp, floor_args) in enumerate(held_out_sets()):
         out = RUNS / f"general-scores-{k}"
         rows.append(
             (name, "training-free floor", floor(images, gt, mpp, out / "floor", floor_args))
         )
-        if not shipped_only:
+        if "pointcell-he" in shipped:
             he = predict_and_evaluate(
                 Path("pointcell-he"), images, gt, mpp, out / "pointcell-he", extra=NETWORK_OUTLINES
             )
             rows.append((name, "`pointcell-he` (shipped)", he))
         stain = ("--stain", "ihc" if "Ki67" in name else "he")
-        # the exported general model, as a user runs it
-        shipped = predict_and_evaluate(Path(SHIPPED), images, gt, mpp, out / SHIPPED, extra=stain)
-        rows.append((name, f"`{SHIPPED}` (shipped default), `{' '.join(stain)}`", shipped))
+        if SHIPPED in shipped:  # the exported general model, as a user runs it
+            default = predict_and_evaluate(
+                Path(SHIPPED), images, gt, mpp, out / SHIPPED, extra=stain
+            )
+            rows.append((name, f"`{SHIPPED}` (shipped default), `{' '.join(stain)}`", default))
         for run, tuned, label in runs:
-            plain = predict_and_evaluate(
-                run, images, gt, mpp, out / run.name, extra=NETWORK_OUTLINES
-            )
-            rows.append((name, label, plain))
-            tuned_scores = predict_and_evaluate(
-                tuned, images, gt, mpp, out / f"{run.name}-tuned", extra=(*stain, *NETWORK_OUTLINES)
-            )
-            rows.append((name, f"{label}, tuned per stain", tuned_scores))
-            if "masks" in name:  # outlines can only be scored against outlines
-                rows += refined_rows(name, run, tuned, label, (images, gt, mpp, out), stain)
+            rows += run_rows(name, run, tuned, label, (images, gt, mpp, out), stain)
     return rows
 
 
-def refined_rows(
+def run_rows(
     name: str, run: Path, tuned: Path, label: str, where: tuple, stain: tuple[str, ...]
 ) -> list[tuple[str, str, dict]]:
-    """The run's rows with outlines refined on the stain, without and with per-stain tuning;
-    ``where``: (images, ground truth, µm/px, scores folder) of the set."""
+    """A run's rows on one set, ``where``: (images, ground truth, µm/px, scores folder): with
+    its own settings and tuned per stain; on the set with masks its own settings twice (the
+    network's outlines, and refined 1 µm) and tuned with the fitted outlines (``pointcell
+    predict --stain he`` of the tuned model, as a user runs it)."""
     images, gt, mpp, out = where
+    plain = predict_and_evaluate(run, images, gt, mpp, out / run.name, extra=NETWORK_OUTLINES)
+    if "masks" not in name:  # outlines can only be scored against outlines
+        tuned_scores = predict_and_evaluate(
+            tuned, images, gt, mpp, out / f"{run.name}-tuned", extra=stain
+        )
+        return [(name, label, plain), (name, f"{label}, tuned per stain", tuned_scores)]
     refine = ("--refine-outlines", str(REFINE_UM))
-    plain = predict_and_evaluate(run, images, gt, mpp, out / f"{run.name}-refined", extra=refine)
-    tuned_scores = predict_and_evaluate(
-        tuned, images, gt, mpp, out / f"{run.name}-tuned-refined", extra=(*stain, *refine)
-    )
+    refined = predict_and_evaluate(run, images, gt, mpp, out / f"{run.name}-refined", extra=refine)
+    fitted = predict_and_evaluate(tuned, images, gt, mpp, out / f"{run.name}-fitted", extra=stain)
     return [
-        (name, f"{label}, outlines refined {REFINE_UM} µm", plain),
-        (name, f"{label}, tuned, outlines refined {REFINE_UM} µm", tuned_scores),
+        (name, label, plain),
+        (name, f"{label}, outlines refined {REFINE_UM} µm", refined),
+        (name, f"{label}, tuned per stain, outlines fitted", fitted),
     ]
 
 
@@ -270,9 +310,12 @@ def report(rows: list[dict], run: Path, command: str, minutes: float) -> str:
         "the row says otherwise; "
         "validation: 2 Kumar, 4 CRCHisto and 2 SHIDC images. Tuned per stain: `pointcell "
         "tune --stain he` on the 6 H&E validation images, `--stain ihc` on the 2 Ki67 ones, "
-        "with TTA. Rows without 'outlines refined' are the network's own outlines "
+        "with TTA. Rows without 'outlines' are the network's own outlines "
         "(`--refine-outlines 0`); the refined rows grow them 1 µm into the stained nucleus "
-        "(`--refine-outlines 1`, the default of `pointcell predict`; detections unchanged). "
+        "(`--refine-outlines 1`, the default of `pointcell predict`; detections unchanged); "
+        "'outlines fitted' rows use the H&E mask threshold and growth chosen by `pointcell "
+        "tune --outlines --stain he` (best mean AJI on the masks of the 16 Kumar training and "
+        "validation images, whose clicks the runs learnt but never their masks). "
         "Predictions with TTA; "
         "detection matched within 3 µm; AJI and PQ need "
         "masks (Kumar only). `pointcell-he` was trained on the points of all 30 MoNuSeg "
@@ -287,17 +330,31 @@ def report(rows: list[dict], run: Path, command: str, minutes: float) -> str:
         "| held-out set | method | AJI | PQ | pixel F1 | det P | det R | det F1 | count CCC |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
+    for row in display_order(rows):
         values = " | ".join(fmt(row["scores"].get(m)) for m in METRICS)
         lines.append(f"| {row['set']} | {row['method']} | {values} |")
     return "\n".join(lines) + "\n"
+
+
+def display_order(rows: list[dict]) -> list[dict]:
+    """``rows`` grouped by set (in order of first appearance), within a set the floor first,
+    then the shipped models, then the runs, each group in the order measured."""
+    sets = list(dict.fromkeys(row["set"] for row in rows))
+
+    def rank(row: dict) -> tuple[int, int]:
+        method = row["method"]
+        group = 0 if method == "training-free floor" else 1 if method.startswith("`") else 2
+        return sets.index(row["set"]), group
+
+    return sorted(rows, key=rank)
 
 
 RUN_PARTS = {  # run-name suffix parts: how a run differs from the first
     "-sources": "sources balanced",
     "-dark": "HED jitter 0.1, stain strength 0.5-2.5",
     "-colour": "colour jitter 0.3",
-    "-self": "self-trained labels, one round",
+    "-self": f"self-trained labels (one round, `{SHIPPED}`'s masks)",
+    "-finetuned": f"fine-tuned from `{SHIPPED}`",
 }
 # trained with --sources before it reached the sampler (fixed in 38bdad1): by area
 LEGACY = {
@@ -350,10 +407,23 @@ def main() -> None:
         "(the one such run scored is --colour-jitter 0.3)",
     )
     parser.add_argument(
-        "--self-labels",
-        type=Path,
-        help="one round of self-training: a folder of a general model's masks of every image of "
-        "runs/general-data/images (pointcell predict); the run name ends -self",
+        "--self-train",
+        action="store_true",
+        help=f"one round of self-training: the masks of every gathered image by the shipped "
+        f"default ({SHIPPED}, --stain of its source, TTA) join the cluster label; the run name "
+        "ends -self",
+    )
+    parser.add_argument(
+        "--finetune",
+        action="store_true",
+        help=f"start from the shipped default ({SHIPPED}) instead of ImageNet; the run name ends "
+        "-finetuned",
+    )
+    parser.add_argument(
+        "--run-only",
+        action="store_true",
+        help="score only the floor and this run, not the shipped models nor other runs (their "
+        "rows in general.json stay as last measured)",
     )
     parser.add_argument(
         "--ship",
@@ -367,7 +437,9 @@ def main() -> None:
     run = train_general(run_name(args), args, split)
     if args.ship:
         export_model(tuned_per_stain(run, split), SHIPPED_FILE)
-        rows = score([], shipped_only=True)
+        rows = score([], shipped=(SHIPPED,))
+    elif args.run_only:
+        rows = score([(run, tuned_per_stain(run, split), run_label(run, args))], shipped=())
     else:
         rows = score(runs_to_score(run, args, split))
     kept = json.loads(RECORD.read_text()) if RECORD.is_file() else []
@@ -385,8 +457,10 @@ def run_name(args: argparse.Namespace) -> str:
         suffix += "-dark"
     if args.colour_jitter:
         suffix += "-colour"
-    if args.self_labels:
+    if args.self_train:
         suffix += "-self"
+    if args.finetune:
+        suffix += "-finetuned"
     return family(args) + (suffix if args.run is None else args.run)
 
 
@@ -398,13 +472,17 @@ def family(args: argparse.Namespace) -> str:
 def runs_to_score(run: Path, args: argparse.Namespace, split: dict) -> list[tuple[Path, Path, str]]:
     """(run, its model tuned per stain, row label) of ``run`` and every other general run of
     the same encoder and start that has best weights."""
-    name, runs = family(args), []
-    for other in sorted(RUNS.glob(f"{name}*/"), key=lambda path: len(path.name)):
+    runs = []
+    for other in sorted(RUNS.glob(f"{family(args)}*/"), key=lambda path: len(path.name)):
         if other == run or (other / "best.pt").is_file():
-            description = describe(other.name.removeprefix(name))
-            label = f"general ({args.encoder}, {args.weights} start, {description})"
-            runs.append((other, tuned_per_stain(other, split), label))
+            runs.append((other, tuned_per_stain(other, split), run_label(other, args)))
     return runs
+
+
+def run_label(run: Path, args: argparse.Namespace) -> str:
+    """The row label of a general run of the family of ``args``: what its name says it changed."""
+    description = describe(run.name.removeprefix(family(args)))
+    return f"general ({args.encoder}, {args.weights} start, {description})"
 
 
 if __name__ == "__main__":

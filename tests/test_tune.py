@@ -16,17 +16,23 @@ from click.testing import CliRunner
 from pointcell.cli import main
 from pointcell.errors import PointcellInputError, PointcellWarning
 from pointcell.inference import cells_from_maps, load_predictor, predict_image_maps
-from pointcell.io.images import read_image
+from pointcell.io.images import read_image, write_label_tiff
 from pointcell.postprocess import PostprocessParams
 from pointcell.predict import PredictSettings, predict_paths
 from pointcell.tune import (
     DISTANCE_GRID,
+    FOREGROUND_GRID,
+    GROWTH_GRID,
     THRESHOLD_GRID,
     ClickedMaps,
     HeldOutImages,
+    OutlinedMaps,
     candidate_params,
+    outline_candidates,
     predict_clicked,
+    predict_outlined,
     score_params,
+    tune_outlines,
     tune_postprocess,
     validation_images,
     write_tuned_model,
@@ -260,3 +266,112 @@ def test_the_distance_between_detections_is_tuned_too(small_checkpoint):
     best = tune_postprocess(predictor, [item], radius_um=1.5)[0]
     assert best.params.min_distance_um == 2.0 and best.scores.tp == 3
     assert best.params.foreground == 0.5  # the threshold did not matter: the model's is kept
+
+
+def test_outline_candidates_never_raise_the_mask_above_the_detection_threshold():
+    base = PostprocessParams(min_probability=0.4, foreground=0.4)
+    tried = outline_candidates(base)
+    assert tried[0] == base
+    assert {p.foreground for p in tried} == {f for f in FOREGROUND_GRID if f <= 0.4}
+    assert {p.refine_outlines_um for p in tried} == set(GROWTH_GRID) | {1.0}
+    assert len(set(tried)) == len(tried)
+    # detection settings are never touched
+    assert {(p.min_probability, p.min_distance_um) for p in tried} == {(0.4, 2.5)}
+
+
+def test_outlines_are_fitted_to_the_true_nuclei(small_checkpoint):
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    base = PostprocessParams()
+    # each true nucleus (radius 6 px) is seen at 0.9 in its core (radius 4) and 0.42 in its rim:
+    # the 0.5 contour lies inside it, a 0.4 mask matches it
+    probability = np.maximum(blob_map(CENTRES, [0.42] * 5, radius=6), blob_map(CENTRES, [0.9] * 5))
+    truth = np.zeros(SHAPE, np.int32)
+    for label, centre in enumerate(CENTRES, start=1):
+        truth[blob_map([centre], [1.0], radius=6) > 0.5] = label
+    white = np.full((*SHAPE, 3), 255, np.uint8)  # nothing stained: growth changes nothing
+    item = OutlinedMaps("a", probability[None], white, truth, 0.5)
+    trials = tune_outlines(predictor, [item], base=base)
+    best = trials[0]
+    # 0.4 and below all match (AJI 1); the one nearest 0.5 wins, and the growth ties: 1 µm kept
+    assert best.params.foreground == 0.4 and best.params.refine_outlines_um == 1.0
+    assert best.aji == pytest.approx(1.0) and best.pixel_f1 == pytest.approx(1.0)
+    at_base = next(t for t in trials if t.params == base)
+    core = np.count_nonzero(blob_map([CENTRES[0]], [1.0]) > 0.5)
+    assert at_base.aji == pytest.approx(core / np.count_nonzero(truth == 1))
+    found = [
+        cells_from_maps(predictor, item.maps, mpp=0.5, params=p).xy for p in (base, best.params)
+    ]
+    np.testing.assert_allclose(found[0], found[1])  # the same cells, other outlines
+    with pytest.raises(PointcellInputError, match="no images with outlines"):
+        tune_outlines(predictor, [])
+
+
+def write_masks(data) -> None:
+    """``data/masks/<stem>.tif``: the true disks of the images of :func:`write_disk_dataset`."""
+    (data / "masks").mkdir()
+    for points in sorted((data / "points").glob("*.csv")):
+        centres = np.loadtxt(points, delimiter=",", skiprows=1)
+        rows, cols = np.mgrid[0:96, 0:96]
+        labels = np.zeros((96, 96), np.int32)
+        for label, (x, y) in enumerate(centres, start=1):
+            labels[(cols - x) ** 2 + (rows - y) ** 2 <= 25] = label
+        write_label_tiff(data / "masks" / f"{points.stem}.tif", labels)
+
+
+def test_predict_outlined_needs_outlines(small_checkpoint, disk_dataset):
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    write_masks(disk_dataset)
+    items = predict_outlined(
+        predictor, HeldOutImages(disk_dataset / "images", disk_dataset / "masks"), progress=False
+    )
+    assert [i.stem for i in items] == ["img0", "img1", "img2"]
+    for item in items:
+        assert item.labels.max() == 6 and item.image.shape == (96, 96, 3)
+        assert item.maps.shape[1:] == (96, 96) and item.mpp == pytest.approx(0.5)
+    clicks = HeldOutImages(disk_dataset / "images", disk_dataset / "points")
+    with pytest.raises(PointcellInputError, match="img0: its ground truth holds points"):
+        predict_outlined(predictor, clicks, progress=False)
+
+
+def test_tune_outlines_command_keeps_detection_and_sets_the_stains_outlines(
+    small_checkpoint, disk_dataset, tmp_path
+):
+    write_masks(disk_dataset)
+    out = tmp_path / "tuned.pt"
+    args = ["tune", "--model", str(small_checkpoint), "--out", str(out), "--outlines"]
+    data = ["--images", str(disk_dataset / "images"), "--points", str(disk_dataset / "masks")]
+    result = CliRunner().invoke(main, [*args, *data, "--stain", "he"])
+    assert result.exit_code == 0, result.output
+    assert "refine_outlines_um" in result.output and "(model's)" in result.output
+    found = re.search(r"best foreground ([\d.]+), refine_outlines_um ([\d.]+)", result.output)
+    assert found and "on 3 image(s)" in result.output, result.output
+    own = load_predictor(small_checkpoint).postprocess
+    tuned = load_predictor(out, device="cpu")
+    assert tuned.postprocess == own
+    expected = replace(own, foreground=float(found[1]), refine_outlines_um=float(found[2]))
+    assert tuned.postprocess_by_stain["he"] == expected
+    clicked = ["--images", str(disk_dataset / "images"), "--points", str(disk_dataset / "points")]
+    refused = CliRunner().invoke(main, [*args, *clicked])
+    assert refused.exit_code == 1 and "holds points, not outlines" in refused.output
+
+
+def test_outline_scores_match_what_predict_would_draw(small_checkpoint):
+    """The trials reuse instances and the stained mask across candidates; each must score
+    exactly what cells_from_maps draws with that setting."""
+    from conftest import make_disks
+    from pointcell.metrics import segmentation_scores
+
+    predictor = load_predictor(small_checkpoint, device="cpu")
+    tile = make_disks(CENTRES, shape=SHAPE, radius=6.0, mpp=0.5)
+    # the network sees a 0.9 core (radius 3) and a 0.45 ring out to 5 px: growth matters
+    probability = np.maximum(
+        blob_map(CENTRES, [0.45] * 5, radius=5), blob_map(CENTRES, [0.9] * 5, radius=3)
+    )
+    item = OutlinedMaps("a", probability[None], tile.image, tile.truth, 0.5)
+    trials = tune_outlines(predictor, [item], base=PostprocessParams())
+    assert len({round(t.aji, 6) for t in trials}) > 3  # the settings differ in what they draw
+    for trial in trials:
+        drawn = cells_from_maps(
+            predictor, item.maps, mpp=0.5, params=trial.params, image=tile.image
+        )
+        assert trial.aji == pytest.approx(segmentation_scores(tile.truth, drawn.labels).aji)

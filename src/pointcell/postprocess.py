@@ -203,12 +203,18 @@ def with_refined_outlines(
     ``params.outline_stain`` of the RGB ``image`` (at the map's pixel size ``mpp``)."""
     if params.refine_outlines_um <= 0:
         return cells
-    floor = WatershedParams(stain=params.outline_stain)
-    stained = stained_mask(smoothed_density(image, mpp=mpp, params=floor), mpp=mpp, params=floor)
+    stained = stained_pixels(image, mpp=mpp, stain=params.outline_stain)
     labels = refine_outlines(
         cells.labels, probability, stained, grow_px=params.refine_outlines_um / mpp
     )
     return replace(cells, labels=labels)
+
+
+def stained_pixels(image: np.ndarray, *, mpp: float, stain: str) -> np.ndarray:
+    """The floor's nucleus mask of the RGB ``image`` for ``stain`` ("he" or "ihc"): where
+    :func:`refine_outlines` may grow the network's outlines."""
+    floor = WatershedParams(stain=stain)
+    return stained_mask(smoothed_density(image, mpp=mpp, params=floor), mpp=mpp, params=floor)
 
 
 FAINT_NUCLEUS_RADIUS_UM = 2.0  # outline of a detected cell the nucleus mask missed

@@ -1,4 +1,5 @@
-"""``pointcell tune``: fit the detection threshold and peak distance on held-out clicks."""
+"""``pointcell tune``: fit the detection threshold and peak distance on held-out clicks, or
+(``--outlines``) the nucleus-mask threshold and outline growth on held-out masks."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from pointcell.cli.options import (
 
 if TYPE_CHECKING:
     from pointcell.device import Precision
+    from pointcell.inference import Predictor
     from pointcell.postprocess import PostprocessParams
-    from pointcell.tune import Trial
+    from pointcell.tune import HeldOutImages, OutlineTrial, Trial
 
 
 @click.command(cls=Command)
@@ -59,6 +61,13 @@ if TYPE_CHECKING:
     help="Minimum distance between detections to try, in µm; repeat for more. Default: 2, "
     "2.5, 3, 3.5 and 4 (the model's own is always tried).",
 )
+@click.option(
+    "--outlines",
+    is_flag=True,
+    help="Tune the outlines instead of detection: --points are instance masks (or polygons); "
+    "chooses the nucleus-mask threshold (at most the detection threshold, so the cells found "
+    "stay the same) and the growth into the stain (--refine-outlines) with the best mean AJI.",
+)
 @stain_option(
     "Tune for images of this stain only: the model keeps its other settings and "
     "predict uses these with --stain. Default: replace the model's own settings."
@@ -73,23 +82,17 @@ def tune(
     mpp: float | None,
     tta: bool,
     distances: tuple[float, ...],
+    outlines: bool,
     stain: str | None,
     device: str,
     precision: Precision,
 ) -> None:
     """Choose the detection threshold and the minimum distance between detections that best
-    find the clicked cells of held-out images, and write a model that uses them (the network
-    runs once per image)."""
+    find the clicked cells of held-out images (or, with --outlines, the outline settings that
+    best match their true outlines), and write a model that uses them (the network runs once
+    per image)."""
     from pointcell.inference import load_predictor
-    from pointcell.tune import (
-        DISTANCE_GRID,
-        HeldOutImages,
-        predict_clicked,
-        tune_postprocess,
-        tuned_setting,
-        validation_images,
-        write_tuned_model,
-    )
+    from pointcell.tune import HeldOutImages, validation_images, write_tuned_model
 
     if images is not None and points is not None:
         held_out = HeldOutImages(images, points)
@@ -98,20 +101,44 @@ def tune(
     else:
         raise click.UsageError("give both --images and --points, or neither (a run's validation)")
     predictor = load_predictor(model, device=device, precision=precision)
-    items = predict_clicked(predictor, held_out, mpp=mpp, tta=tta)
     own = predictor.postprocess_for(stain, warn=False)
+    if outlines:
+        best, summary = _tune_outlines(predictor, held_out, own, mpp=mpp, tta=tta)
+    else:
+        best, summary = _tune_detection(
+            predictor, held_out, own, mpp=mpp, tta=tta, radius_um=radius_um, distances=distances
+        )
+    write_tuned_model(model, out, best, stain=stain)
+    click.echo(
+        f"{summary}; wrote {out} (use it with pointcell predict --model {out}"
+        f"{f' --stain {stain}' if stain else ''})"
+    )
+
+
+def _tune_detection(
+    predictor: Predictor,
+    held_out: HeldOutImages,
+    own: PostprocessParams,
+    *,
+    mpp: float | None,
+    tta: bool,
+    radius_um: float,
+    distances: tuple[float, ...],
+) -> tuple[PostprocessParams, str]:
+    """The best detection settings on the held-out clicks, and a line that says so."""
+    from pointcell.tune import DISTANCE_GRID, predict_clicked, tune_postprocess, tuned_setting
+
+    items = predict_clicked(predictor, held_out, mpp=mpp, tta=tta)
     trials = tune_postprocess(
         predictor, items, radius_um=radius_um, base=own, distances=distances or DISTANCE_GRID
     )
     knob = tuned_setting(predictor)
     _echo_trials(trials, [knob, "min_distance_um"], own)
     best = trials[0]
-    write_tuned_model(model, out, best.params, stain=stain)
-    click.echo(
+    return best.params, (
         f"best {knob} {getattr(best.params, knob):.2f}, min_distance_um "
         f"{best.params.min_distance_um:.2f} on {len(items)} image(s): detection F1 "
-        f"{best.scores.f1:.3f}; wrote {out} (use it with pointcell predict --model {out}"
-        f"{f' --stain {stain}' if stain else ''})"
+        f"{best.scores.f1:.3f}"
     )
 
 
@@ -124,4 +151,38 @@ def _echo_trials(trials: list[Trial], columns: list[str], own: PostprocessParams
         click.echo(
             "  ".join(f"{getattr(trial.params, c):15.2f}" for c in columns)
             + f"  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:.3f}{mark}"
+        )
+
+
+def _tune_outlines(
+    predictor: Predictor,
+    held_out: HeldOutImages,
+    own: PostprocessParams,
+    *,
+    mpp: float | None,
+    tta: bool,
+) -> tuple[PostprocessParams, str]:
+    """The best outline settings on the held-out masks, and a line that says so."""
+    from pointcell.tune import predict_outlined, tune_outlines
+
+    items = predict_outlined(predictor, held_out, mpp=mpp, tta=tta)
+    trials = tune_outlines(predictor, items, base=own)
+    _echo_outline_trials(trials, own)
+    best = trials[0]
+    return best.params, (
+        f"best foreground {best.params.foreground:.2f}, refine_outlines_um "
+        f"{best.params.refine_outlines_um:.2f} on {len(items)} image(s): AJI {best.aji:.3f}, "
+        f"pixel F1 {best.pixel_f1:.3f} (detection settings kept)"
+    )
+
+
+def _echo_outline_trials(trials: list[OutlineTrial], own: PostprocessParams) -> None:
+    """Every outline setting tried with its mean AJI and pixel F1, the model's own marked."""
+    click.echo(f"{'foreground':>15}  {'refine_outlines_um':>18}    AJI  pixel F1")
+    order = sorted(trials, key=lambda t: (-t.params.foreground, t.params.refine_outlines_um))
+    for trial in order:
+        mark = " (model's)" if trial.params == own else ""
+        click.echo(
+            f"{trial.params.foreground:15.2f}  {trial.params.refine_outlines_um:18.2f}  "
+            f"{trial.aji:.3f}  {trial.pixel_f1:8.3f}{mark}"
         )
