@@ -323,8 +323,10 @@ def report(rows: list[dict], run: Path, command: str, minutes: float) -> str:
         "whose rows say 'patches by area, second run' or 'patches by area, HED jitter 0.1' were "
         "started with `--sources`, which did not reach the patch sampler until commit "
         "38bdad1: they drew patches by area, as the first run did. `pointcell-general` is "
-        "the exported `-sources-dark` run (fp16 weights, settings tuned per stain), scored as "
-        "a user runs it: `pointcell predict --stain he|ihc --tta`. Rows measured on another "
+        "the exported `-sources-dark-self-finetuned` run (the `-sources-dark` run after one "
+        "self-training round; fp16 weights, settings tuned per stain, H&E outlines fitted), "
+        "scored as a user runs it: `pointcell predict --stain he|ihc --tta`. Rows measured on "
+        "another "
         "day or machine say so in `general.json`.",
         "",
         "| held-out set | method | AJI | PQ | pixel F1 | det P | det R | det F1 | count CCC |",
