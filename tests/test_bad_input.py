@@ -464,7 +464,15 @@ def test_a_signal_stops_predict_with_one_line_and_no_temporaries(tmp_path, signu
         "--out",
         str(out),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell without job control starts background jobs (a CI script run with &) with
+        # SIGINT ignored, and children inherit it; a user's Ctrl-C reaches a foreground process
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not (out / "predictions.json").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
