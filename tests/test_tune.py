@@ -301,7 +301,7 @@ def test_outlines_are_fitted_to_the_true_nuclei(small_checkpoint):
     found = [
         cells_from_maps(predictor, item.maps, mpp=0.5, params=p).xy for p in (base, best.params)
     ]
-    np.testing.assert_allclose(found[0], found[1])  # the same cells, other outlines
+    np.testing.assert_allclose(found[0], found[1])  # disks: the same cells, other outlines
     with pytest.raises(PointcellInputError, match="no images with outlines"):
         tune_outlines(predictor, [])
 

@@ -65,8 +65,8 @@ if TYPE_CHECKING:
     "--outlines",
     is_flag=True,
     help="Tune the outlines instead of detection: --points are instance masks (or polygons); "
-    "chooses the nucleus-mask threshold (at most the detection threshold, so the cells found "
-    "stay the same) and the growth into the stain (--refine-outlines) with the best mean AJI.",
+    "chooses the nucleus-mask threshold (at most the detection threshold) and the growth into "
+    "the stain (--refine-outlines) with the best mean AJI; the detection settings are kept.",
 )
 @stain_option(
     "Tune for images of this stain only: the model keeps its other settings and "
