@@ -333,12 +333,13 @@ def tune_outlines(
 def _outline_scores(
     predictor: Predictor, item: OutlinedMaps, candidates: Sequence[PostprocessParams]
 ) -> list[SegmentationScores]:
-    """Segmentation scores of each candidate (same detection settings, other outlines) on one
-    image: the network's instances are found once per mask threshold and the stained mask
-    once, then refined per growth, as :func:`pointcell.inference.cells_from_maps` would."""
+    """Segmentation scores of each candidate of :func:`outline_candidates` (one base: the
+    same detection settings and outline stain, other outlines) on one image: the network's
+    instances are found once per mask threshold and the stained mask once, then refined per
+    growth, as :func:`pointcell.inference.cells_from_maps` would."""
     probability = item.maps[0]
+    stained = stained_pixels(item.image, mpp=item.mpp, stain=candidates[0].outline_stain)
     network: dict[float, np.ndarray] = {}
-    stained: dict[str, np.ndarray] = {}
     scores = []
     for params in candidates:
         if params.foreground not in network:
@@ -347,14 +348,8 @@ def _outline_scores(
             network[params.foreground] = cells.labels
         labels = network[params.foreground]
         if params.refine_outlines_um > 0:
-            if params.outline_stain not in stained:
-                stained[params.outline_stain] = stained_pixels(
-                    item.image, mpp=item.mpp, stain=params.outline_stain
-                )
             grow_px = params.refine_outlines_um / item.mpp
-            labels = refine_outlines(
-                labels, probability, stained[params.outline_stain], grow_px=grow_px
-            )
+            labels = refine_outlines(labels, probability, stained, grow_px=grow_px)
         scores.append(segmentation_scores(item.labels, labels))
     return scores
 
