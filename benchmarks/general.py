@@ -14,7 +14,8 @@ the three held-out sets (Kumar test 14 against masks, CRCHisto test 20 and the `
 against clicks) beside the floor and the shipped models, with every other general run that has
 best weights (the run name says how it differs: ``-sources`` balanced sampling, ``-dark``
 darker stain augmentation, ``-colour`` colour jitter, ``-self`` self-trained labels,
-``-finetuned`` started from the shipped default instead of ImageNet). Every
+``-finetuned`` started from the shipped default instead of ImageNet, ``-round2`` a second
+round; set with ``--run``), and under "Ablations" what each training choice changed. Every
 row measured is kept in ``benchmarks/results/general.json`` (a row measured again replaces its
 old figures, so rows of runs no longer on this machine stay); ``general.md`` shows them all.
 """
