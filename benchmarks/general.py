@@ -26,7 +26,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +63,7 @@ NETWORK_OUTLINES = ("--refine-outlines", "0")  # every other row: the network's 
 SHIPPED = "pointcell-general"
 SHIPPED_FILE = REPO / "src" / "pointcell" / "models" / PRETRAINED[SHIPPED]  # (may not exist yet)
 ROUND1 = "-sources-dark-self-finetuned"
-SHIPPED_RUNS = {  # runs exported as the shipped default, and what they are
-    ROUND1: "the `-sources-dark` run after one self-training round",
-    f"{ROUND1}-round2": "the `-sources-dark` run after two self-training rounds",
-}
-SHIPPED_RUN = ROUND1
+SHIPPED_RUN = ROUND1  # the run exported as the shipped default
 RECORD = RESULTS / "general.json"  # every row measured, across machines and sessions
 METRICS = ("aji", "pq", "f1", "det_precision", "det_recall", "det_f1", "count_ccc")
 
@@ -337,7 +332,7 @@ def report(rows: list[dict], run: Path, command: str, minutes: float) -> str:
         "whose rows say 'patches by area, second run' or 'patches by area, HED jitter 0.1' were "
         "started with `--sources`, which did not reach the patch sampler until commit "
         "38bdad1: they drew patches by area, as the first run did. `pointcell-general` is "
-        f"the exported `{SHIPPED_RUN}` run ({SHIPPED_RUNS[SHIPPED_RUN]}; fp16 weights, "
+        f"the exported `{SHIPPED_RUN}` run ({describe(SHIPPED_RUN)}; fp16 weights, "
         "settings tuned per stain, H&E outlines fitted), "
         "scored as a user runs it: `pointcell predict --stain he|ihc --tta`. Rows measured on "
         "another "
@@ -369,7 +364,7 @@ ABLATION_COLUMNS = (  # (set, metric, header): own settings; Kumar outlines refi
 )
 
 
-def ablations(rows: list[dict], label_of: Callable[[str], str]) -> str:
+def ablations(rows: list[dict], args: argparse.Namespace) -> str:
     """A table of what each training choice changed (``ABLATIONS`` whose runs both have rows),
     with every run's own settings (on Kumar, outlines refined 1 µm), and where the other
     ablations of issue 29 were measured."""
@@ -377,10 +372,11 @@ def ablations(rows: list[dict], label_of: Callable[[str], str]) -> str:
 
     def value(suffix: str, where: str, metric: str) -> float | None:
         refined = f", outlines refined {REFINE_UM} µm" if where == "Kumar" else ""
-        return found.get((where, label_of(suffix) + refined), {}).get(metric)
+        return found.get((where, suffix_label(suffix, args) + refined), {}).get(metric)
 
     header = " | ".join(title for _, _, title in ABLATION_COLUMNS)
-    lines = ["", "## Ablations", "", f"| change | {header} |", "|---" * 7 + "|"]
+    rule = "|---" * (1 + len(ABLATION_COLUMNS)) + "|"
+    lines = ["", "## Ablations", "", f"| change | {header} |", rule]
     for change, before, after in ABLATIONS:
         pairs = [(value(before, w, m), value(after, w, m)) for w, m, _ in ABLATION_COLUMNS]
         if any(old is None or new is None for old, new in pairs):
@@ -519,10 +515,13 @@ def main() -> None:
     else:
         run, rows = measure(args)
     kept = json.loads(RECORD.read_text()) if RECORD.is_file() else []
-    rows = merge_rows(kept, rows, provenance())
-    write_result(RECORD.name, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    if rows:
+        rows = merge_rows(kept, rows, provenance())
+        write_result(RECORD.name, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    else:
+        rows = kept
     text = report(rows, run, "python " + " ".join(sys.argv), (time.perf_counter() - start) / 60)
-    text += ablations(rows, lambda suffix: run_label(RUNS / (family(args) + suffix), args))
+    text += ablations(rows, args)
     print(text)
     write_result("general.md", text)
 
@@ -572,8 +571,12 @@ def runs_to_score(run: Path, args: argparse.Namespace, split: dict) -> list[tupl
 
 def run_label(run: Path, args: argparse.Namespace) -> str:
     """The row label of a general run of the family of ``args``: what its name says it changed."""
-    description = describe(run.name.removeprefix(family(args)))
-    return f"general ({args.encoder}, {args.weights} start, {description})"
+    return suffix_label(run.name.removeprefix(family(args)), args)
+
+
+def suffix_label(suffix: str, args: argparse.Namespace) -> str:
+    """The row label of the run of the family of ``args`` whose name ends ``suffix``."""
+    return f"general ({args.encoder}, {args.weights} start, {describe(suffix)})"
 
 
 if __name__ == "__main__":
