@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pointcell.device import Precision
     from pointcell.inference import Predictor
     from pointcell.postprocess import PostprocessParams
-    from pointcell.tune import HeldOutImages, OutlineTrial, Trial
+    from pointcell.tune import HeldOutImages, OutlineTrial, Pick, Trial
 
 
 @click.command(cls=Command)
@@ -68,6 +68,15 @@ if TYPE_CHECKING:
     "chooses the nucleus-mask threshold (at most the detection threshold) and the growth into "
     "the stain (--refine-outlines) with the best mean AJI; the detection settings are kept.",
 )
+@click.option(
+    "--pick",
+    type=click.Choice(["one-se", "best"]),
+    default="one-se",
+    show_default=True,
+    help="one-se: of the settings within one standard error of the best score (bootstrapped "
+    "over the images), keep the one nearest the model's own; best: the best score, however "
+    "small its lead.",
+)
 @stain_option(
     "Tune for images of this stain only: the model keeps its other settings and "
     "predict uses these with --stain. Default: replace the model's own settings."
@@ -83,6 +92,7 @@ def tune(
     tta: bool,
     distances: tuple[float, ...],
     outlines: bool,
+    pick: Pick,
     stain: str | None,
     device: str,
     precision: Precision,
@@ -103,10 +113,17 @@ def tune(
     predictor = load_predictor(model, device=device, precision=precision)
     own = predictor.postprocess_for(stain, warn=False)
     if outlines:
-        best, summary = _tune_outlines(predictor, held_out, own, mpp=mpp, tta=tta)
+        best, summary = _tune_outlines(predictor, held_out, own, mpp=mpp, tta=tta, pick=pick)
     else:
         best, summary = _tune_detection(
-            predictor, held_out, own, mpp=mpp, tta=tta, radius_um=radius_um, distances=distances
+            predictor,
+            held_out,
+            own,
+            mpp=mpp,
+            tta=tta,
+            radius_um=radius_um,
+            distances=distances,
+            pick=pick,
         )
     write_tuned_model(model, out, best, stain=stain)
     click.echo(
@@ -124,34 +141,51 @@ def _tune_detection(
     tta: bool,
     radius_um: float,
     distances: tuple[float, ...],
+    pick: Pick,
 ) -> tuple[PostprocessParams, str]:
-    """The best detection settings on the held-out clicks, and a line that says so."""
+    """The chosen detection settings on the held-out clicks, and a line that says so."""
     from pointcell.tune import DISTANCE_GRID, predict_clicked, tune_postprocess, tuned_setting
 
     items = predict_clicked(predictor, held_out, mpp=mpp, tta=tta)
     trials = tune_postprocess(
-        predictor, items, radius_um=radius_um, base=own, distances=distances or DISTANCE_GRID
+        predictor,
+        items,
+        radius_um=radius_um,
+        base=own,
+        distances=distances or DISTANCE_GRID,
+        pick=pick,
     )
     knob = tuned_setting(predictor)
     _echo_trials(trials, [knob, "min_distance_um"], own)
     best = trials[0]
+    top = max(t.scores.f1 for t in trials)
     return best.params, (
-        f"best {knob} {getattr(best.params, knob):.2f}, min_distance_um "
+        f"chose {knob} {getattr(best.params, knob):.2f}, min_distance_um "
         f"{best.params.min_distance_um:.2f} on {len(items)} image(s): detection F1 "
-        f"{best.scores.f1:.3f}"
+        f"{best.scores.f1:.3f} (best {top:.3f})"
     )
 
 
 def _echo_trials(trials: list[Trial], columns: list[str], own: PostprocessParams) -> None:
-    """Every setting tried with its detection scores, the model's own marked."""
+    """Every setting tried with its detection scores, those near the best starred and the
+    model's own and the chosen marked."""
     click.echo("  ".join(f"{c:>15}" for c in columns) + "  precision  recall     F1")
     for trial in sorted(trials, key=lambda t: [getattr(t.params, c) for c in columns]):
         s = trial.scores
-        mark = " (model's)" if trial.params == own else ""
         click.echo(
             "  ".join(f"{getattr(trial.params, c):15.2f}" for c in columns)
-            + f"  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:.3f}{mark}"
+            + f"  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:.3f}"
+            + _marks(trial.near_best, trial.params, own, trials[0].params)
         )
+    click.echo("* within one standard error of the best")
+
+
+def _marks(
+    near: bool, params: PostprocessParams, own: PostprocessParams, chosen: PostprocessParams
+) -> str:
+    """``*`` for a setting near the best, then whether it is the model's own or the chosen."""
+    names = [name for name, p in (("model's", own), ("chosen", chosen)) if p == params]
+    return ("*" if near else " ") + (f" ({', '.join(names)})" if names else "")
 
 
 def _tune_outlines(
@@ -161,28 +195,32 @@ def _tune_outlines(
     *,
     mpp: float | None,
     tta: bool,
+    pick: Pick,
 ) -> tuple[PostprocessParams, str]:
-    """The best outline settings on the held-out masks, and a line that says so."""
+    """The chosen outline settings on the held-out masks, and a line that says so."""
     from pointcell.tune import predict_outlined, tune_outlines
 
     items = predict_outlined(predictor, held_out, mpp=mpp, tta=tta)
-    trials = tune_outlines(predictor, items, base=own)
+    trials = tune_outlines(predictor, items, base=own, pick=pick)
     _echo_outline_trials(trials, own)
     best = trials[0]
+    top = max(t.aji for t in trials)
     return best.params, (
-        f"best foreground {best.params.foreground:.2f}, refine_outlines_um "
-        f"{best.params.refine_outlines_um:.2f} on {len(items)} image(s): AJI {best.aji:.3f}, "
-        f"pixel F1 {best.pixel_f1:.3f} (detection settings kept)"
+        f"chose foreground {best.params.foreground:.2f}, refine_outlines_um "
+        f"{best.params.refine_outlines_um:.2f} on {len(items)} image(s): AJI {best.aji:.3f} "
+        f"(best {top:.3f}), pixel F1 {best.pixel_f1:.3f} (detection settings kept)"
     )
 
 
 def _echo_outline_trials(trials: list[OutlineTrial], own: PostprocessParams) -> None:
-    """Every outline setting tried with its mean AJI and pixel F1, the model's own marked."""
+    """Every outline setting tried with its mean AJI and pixel F1, those near the best starred
+    and the model's own and the chosen marked."""
     click.echo(f"{'foreground':>15}  {'refine_outlines_um':>18}    AJI  pixel F1")
     order = sorted(trials, key=lambda t: (-t.params.foreground, t.params.refine_outlines_um))
     for trial in order:
-        mark = " (model's)" if trial.params == own else ""
         click.echo(
             f"{trial.params.foreground:15.2f}  {trial.params.refine_outlines_um:18.2f}  "
-            f"{trial.aji:.3f}  {trial.pixel_f1:8.3f}{mark}"
+            f"{trial.aji:.3f}  {trial.pixel_f1:8.3f}"
+            + _marks(trial.near_best, trial.params, own, trials[0].params)
         )
+    click.echo("* within one standard error of the best")
