@@ -63,7 +63,7 @@ NETWORK_OUTLINES = ("--refine-outlines", "0")  # every other row: the network's 
 SHIPPED = "pointcell-general"
 SHIPPED_FILE = REPO / "src" / "pointcell" / "models" / PRETRAINED[SHIPPED]  # (may not exist yet)
 ROUND1 = "-sources-dark-self-finetuned"
-SHIPPED_RUN = ROUND1  # the run exported as the shipped default
+SHIPPED_RUN = f"{ROUND1}-round2"  # the run exported as the shipped default
 RECORD = RESULTS / "general.json"  # every row measured, across machines and sessions
 METRICS = ("aji", "pq", "f1", "det_precision", "det_recall", "det_f1", "count_ccc")
 
