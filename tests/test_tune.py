@@ -265,7 +265,7 @@ def test_tune_command_writes_the_best_model(small_checkpoint, disk_dataset, tmp_
     result = CliRunner().invoke(main, [*args, *data])
     assert result.exit_code == 0, result.output
     assert "min_probability" in result.output and "(model's" in result.output
-    assert "on 3 image(s)" in result.output
+    assert "on 3 image(s)" in result.output and "within one standard error" in result.output
     found = re.search(r"chose min_probability ([\d.]+), min_distance_um ([\d.]+)", result.output)
     assert found, result.output
     tuned = load_predictor(out, device="cpu").postprocess
@@ -276,6 +276,12 @@ def test_tune_command_writes_the_best_model(small_checkpoint, disk_dataset, tmp_
     stained = load_predictor(out, device="cpu")
     assert stained.postprocess == load_predictor(small_checkpoint).postprocess
     assert stained.postprocess_by_stain["ihc"].min_probability == pytest.approx(float(found[1]))
+    argmax = CliRunner().invoke(main, [*args, *data, "--pick", "best"])
+    assert argmax.exit_code == 0, argmax.output
+    picked = re.search(
+        r"chose min_probability [\d.]+, .* detection F1 ([\d.]+) \(best ([\d.]+)\)", argmax.output
+    )
+    assert picked and picked[1] == picked[2], argmax.output  # the best score is the one chosen
     half = CliRunner().invoke(main, [*args, *data[:2]])
     assert half.exit_code == 1 and "both --images and --points" in half.output
 
