@@ -414,7 +414,8 @@ ABLATIONS_ELSEWHERE = (
     "0.515, det F1 0.811 vs 0.645 (measured when issue 29 was filed); fused labels (cluster + "
     "the floor's nuclei around one click) against cluster labels, AJI 0.455 vs 0.469, det F1 "
     "0.804 vs 0.818 (`monuseg-cpu-900steps.md`); label quality of cluster, fused and "
-    "self-trained labels against the MoNuSeg masks: `label_quality.md`."
+    "self-trained labels against the MoNuSeg masks: `label_quality.md`. H&E-only against all "
+    "data: its row appears once the `--he-only` run is scored."
 )
 
 

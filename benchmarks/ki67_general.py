@@ -106,9 +106,9 @@ def main() -> None:
         "runs and predictions reused). 0.25 µm/px assumed.",
         "",
         f"Test: the 4 tiles of slide `{SHIDC_TEST_SLIDE}` against their typed clicks (detection "
-        "within 3 µm, Ki67 index = positive / (positive + negative)); training: the 20 other "
-        f"tiles but {', '.join(SHIDC_VAL)}, which pick the checkpoint. Predictions with `--tta` "
-        "and each model's own settings.",
+        "within 3 µm, Ki67 index = positive / (positive + negative)); training: the 20 tiles "
+        f"outside that slide but {', '.join(SHIDC_VAL)}, which pick the checkpoint. "
+        "Predictions with `--tta` and each model's own settings.",
         "",
         "| model | " + " | ".join(name for _, name, _ in COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
