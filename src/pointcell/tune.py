@@ -111,6 +111,23 @@ def near_best(
     return full[best] - full <= error
 
 
+def chosen_first(
+    trials: Sequence[Any],
+    *,
+    score: Callable[[Any], float],
+    closeness: Callable[[Any], tuple[float, float]],
+) -> list[Any]:
+    """``trials`` (each with ``near_best``) in the order tuning ranks them: those near the best
+    by ``closeness`` to the model's own setting, then by ``score``; the rest by ``score``."""
+
+    def rank(trial: Any) -> tuple[bool, float, float, float]:
+        if trial.near_best:
+            return (False, *closeness(trial), -score(trial))
+        return (True, -score(trial), *closeness(trial))
+
+    return sorted(trials, key=rank)
+
+
 def pooled_f1(counts: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """The :func:`near_best` statistic of detection: the F1 of the true positive, false positive
     and false negative counts (C, n, 3) of each candidate, pooled over the chosen images."""
@@ -197,22 +214,24 @@ def tune_postprocess(
     )
     counts = np.stack([image_counts(predictor, items, p, radius_um=radius_um) for p in candidates])
     statistic = pooled_f1(counts)
-    near = near_best(statistic, len(items), resamples=RESAMPLES if pick == "one-se" else 0)
+    near = near_best(statistic, len(items), resamples=_resamples(pick))
     trials = [
         Trial(p, DetectionScores(*map(int, counts[k].sum(axis=0))), bool(near[k]))
         for k, p in enumerate(candidates)
     ]
 
-    def rank(trial: Trial) -> tuple[bool, float, float, float]:
-        closeness = (
+    def closeness(trial: Trial) -> tuple[float, float]:
+        return (
             abs(getattr(trial.params, knob) - getattr(base, knob)),
             abs(trial.params.min_distance_um - base.min_distance_um),
         )
-        if trial.near_best:
-            return (False, *closeness, -trial.scores.f1)
-        return (True, -trial.scores.f1, *closeness)
 
-    return sorted(trials, key=rank)
+    return chosen_first(trials, score=lambda t: t.scores.f1, closeness=closeness)
+
+
+def _resamples(pick: Pick) -> int:
+    """Bootstrap resamples behind ``pick``: none for the plain best (only ties are near it)."""
+    return RESAMPLES if pick == "one-se" else 0
 
 
 def tuned_setting(predictor: Predictor) -> str:
@@ -389,7 +408,7 @@ def tune_outlines(
     near = near_best(
         lambda chosen: aji[:, chosen].mean(axis=2).round(9),
         len(items),
-        resamples=RESAMPLES if pick == "one-se" else 0,
+        resamples=_resamples(pick),
     )
     trials = [
         OutlineTrial(
@@ -401,16 +420,13 @@ def tune_outlines(
         for k, params in enumerate(candidates)
     ]
 
-    def rank(trial: OutlineTrial) -> tuple[bool, float, float, float]:
-        closeness = (
+    def closeness(trial: OutlineTrial) -> tuple[float, float]:
+        return (
             abs(trial.params.foreground - base.foreground),
             abs(trial.params.refine_outlines_um - base.refine_outlines_um),
         )
-        if trial.near_best:
-            return (False, *closeness, -trial.aji)
-        return (True, -trial.aji, *closeness)
 
-    return sorted(trials, key=rank)
+    return chosen_first(trials, score=lambda t: t.aji, closeness=closeness)
 
 
 def _outline_scores(

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from pointcell.tune import HeldOutImages, OutlineTrial, Pick, Trial
 
 
+NEAR_LEGEND = {  # what the star of the trial tables means under each --pick
+    "one-se": "* within one standard error of the best",
+    "best": "* tied with the best",
+}
+
+
 @click.command(cls=Command)
 @click.option(
     "--model",
@@ -156,7 +162,7 @@ def _tune_detection(
         pick=pick,
     )
     knob = tuned_setting(predictor)
-    _echo_trials(trials, [knob, "min_distance_um"], own)
+    _echo_trials(trials, [knob, "min_distance_um"], own, pick)
     best = trials[0]
     top = max(t.scores.f1 for t in trials)
     return best.params, (
@@ -166,7 +172,9 @@ def _tune_detection(
     )
 
 
-def _echo_trials(trials: list[Trial], columns: list[str], own: PostprocessParams) -> None:
+def _echo_trials(
+    trials: list[Trial], columns: list[str], own: PostprocessParams, pick: Pick
+) -> None:
     """Every setting tried with its detection scores, those near the best starred and the
     model's own and the chosen marked."""
     click.echo("  ".join(f"{c:>15}" for c in columns) + "  precision  recall     F1")
@@ -177,7 +185,7 @@ def _echo_trials(trials: list[Trial], columns: list[str], own: PostprocessParams
             + f"  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:.3f}"
             + _marks(trial.near_best, trial.params, own, trials[0].params)
         )
-    click.echo("* within one standard error of the best")
+    click.echo(NEAR_LEGEND[pick])
 
 
 def _marks(
@@ -202,7 +210,7 @@ def _tune_outlines(
 
     items = predict_outlined(predictor, held_out, mpp=mpp, tta=tta)
     trials = tune_outlines(predictor, items, base=own, pick=pick)
-    _echo_outline_trials(trials, own)
+    _echo_outline_trials(trials, own, pick)
     best = trials[0]
     top = max(t.aji for t in trials)
     return best.params, (
@@ -212,7 +220,7 @@ def _tune_outlines(
     )
 
 
-def _echo_outline_trials(trials: list[OutlineTrial], own: PostprocessParams) -> None:
+def _echo_outline_trials(trials: list[OutlineTrial], own: PostprocessParams, pick: Pick) -> None:
     """Every outline setting tried with its mean AJI and pixel F1, those near the best starred
     and the model's own and the chosen marked."""
     click.echo(f"{'foreground':>15}  {'refine_outlines_um':>18}    AJI  pixel F1")
@@ -223,4 +231,4 @@ def _echo_outline_trials(trials: list[OutlineTrial], own: PostprocessParams) -> 
             f"{trial.aji:.3f}  {trial.pixel_f1:8.3f}"
             + _marks(trial.near_best, trial.params, own, trials[0].params)
         )
-    click.echo("* within one standard error of the best")
+    click.echo(NEAR_LEGEND[pick])
