@@ -323,14 +323,15 @@ def report(rows: list[dict], run: Path, command: str, minutes: float) -> str:
         "",
         f"Command: `{command}`; {provenance()}; {minutes:.0f} min this call.",
         f"Run `{run.name}`: {done} of {total} steps done, scored with its best weights (step "
-        f"{best_step(run)}, chosen on the validation clicks of the three sources). Training: "
+        f"{best_step(run)}, chosen on the validation clicks of its sources). Training: "
         "14 Kumar training images (MoNuSeg, clicks = mask centroids), 70 CRCHisto training "
         f"tiles and 20 SHIDC tiles (all but slide {SHIDC_TEST_SLIDE} and the 2 validation "
         "tiles), untyped, at 0.5 µm/px, HED jitter 0.05 and stain strength 0.5-1.5 unless "
         "the row says otherwise; "
         "validation: 2 Kumar, 4 CRCHisto and 2 SHIDC images. Tuned per stain: `pointcell "
         "tune --stain he` on the 6 H&E validation images, `--stain ihc` on the 22 SHIDC "
-        "tiles outside slide p1_0317 (20 of them trained on; runs scored before this rule, "
+        "tiles outside slide p1_0317 (20 of them trained on, except by the H&E-only run; runs "
+        "scored before this rule, "
         "as general.json records, used the 2 validation tiles), with TTA; since 2026-12-08 "
         "tuning keeps the setting nearest the model's own within one standard error of the "
         "best (rows measured earlier took the best). Rows without "
