@@ -415,8 +415,9 @@ ABLATIONS_ELSEWHERE = (
     "0.515, det F1 0.811 vs 0.645 (measured when issue 29 was filed); fused labels (cluster + "
     "the floor's nuclei around one click) against cluster labels, AJI 0.455 vs 0.469, det F1 "
     "0.804 vs 0.818 (`monuseg-cpu-900steps.md`); label quality of cluster, fused and "
-    "self-trained labels against the MoNuSeg masks: `label_quality.md`. H&E-only against all "
-    "data: its row appears once the `--he-only` run is scored."
+    "self-trained labels against the MoNuSeg masks: `label_quality.md`. The H&E-only run "
+    "also drew half again as many H&E patches in the same 2,000 steps (two sources share them "
+    "instead of three), which its row does not separate."
 )
 
 
